@@ -1,0 +1,42 @@
+"""What the evaluators share: where benchmark data lives, and how reports are written."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+class EvalError(Exception):
+    """A user-facing problem (missing data, malformed responses file); the CLI prints it and exits 2."""
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path:
+    """--data-root, else $COALM_DATA, else ../shared/data beside the checkout (or the cwd), else ~/.cache/coalm."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("COALM_DATA"):
+        return Path(os.environ["COALM_DATA"])
+    for cand in (_REPO.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+        if cand.is_dir():
+            return cand
+    return Path.home() / ".cache" / "coalm"
+
+
+def benchmark_dir(root: Path, name: str) -> Path:
+    d = Path(root) / name
+    if not d.is_dir():
+        raise EvalError(f"no {name} data under {root} (expected {d}); pass --data-root or set $COALM_DATA")
+    return d
+
+
+def write_report(report: dict, path: str | os.PathLike) -> Path:
+    """Write atomically, so an interrupted run never leaves half a report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    tmp.replace(path)
+    return path
