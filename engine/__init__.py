@@ -1,1 +1,10 @@
-"""coalm-engine: model, weights, tokenizer, LoRA/QLoRA, tensor parallelism, training and generation."""
+"""coalm-engine: model, weights, tokenizer, LoRA/QLoRA, tensor parallelism, training and generation.
+
+    import engine
+    model, tokenizer = engine.load("smollm2-135m")      # preset with embedded weights, HF dir, or .gguf path
+    logits = model(tokens)                               # (B, T) LongTensor -> (B, T, vocab) float logits
+    texts = engine.generate(model, tokenizer, prompts, max_new_tokens=64, temperature=0.0)
+"""
+
+from .loader import load  # noqa: F401
+from .generate import generate  # noqa: F401

@@ -1,0 +1,191 @@
+"""The Llama 3.x transformer, top to bottom: RMSNorm, RoPE (with Llama 3.1 scaling), GQA attention, SwiGLU MLP.
+
+Module names follow Hugging Face's LlamaForCausalLM (`layers.N.self_attn.q_proj`, `mlp.gate_proj`, ...) so that
+checkpoints load by name and LoRA adapters save with the names PEFT expects. Build on the meta device and assign
+weights at load (`engine.weights`); constructors never touch a device. Every hot op goes through `kernels`, which
+runs Triton on CUDA tensors and plain torch (SDPA for attention) on CPU tensors.
+
+Three ways to run attention, chosen by the arguments of `forward`:
+- (B, T) tokens: causal attention within each row;
+- packed (1, total) tokens with `cu_seqlens`: causal within each packed sequence, never across (training);
+- with a `KVCache`: prefill (packed prompts) or decode (B, Tq new tokens per sequence) for generation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.cross_entropy import fused_linear_cross_entropy
+from kernels.flash_attn import flash_attention, flash_attention_decode
+from kernels.rms_norm import rms_norm
+from kernels.rope import apply_rope, rope_cos_sin, rope_frequencies
+from kernels.swiglu import swiglu
+
+from .config import ModelArgs
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
+
+
+class KVCache:
+    """Per-layer K/V of shape (B, max_len, n_kv_heads, head_dim) and the filled length of each sequence.
+
+    Sequences are right-padded: sequence b holds its tokens at positions [0, lengths[b]). Prefill writes packed
+    prompts, decode appends Tq tokens per sequence; `advance` moves the lengths after a forward.
+    """
+
+    def __init__(self, n_layers, batch, max_len, n_kv_heads, head_dim, dtype, device):
+        shape = (batch, max_len, n_kv_heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.lengths = torch.zeros(batch, dtype=torch.int32, device=device)
+        self.max_len = max_len
+        self._index = None  # (batch rows, positions) of the tokens being written by the current forward
+
+    def begin(self, positions: torch.Tensor, rows: torch.Tensor):
+        """Called once per forward: where (row, position) each new token goes."""
+        if int(positions.max()) >= self.max_len:
+            raise ValueError(f"KV cache of {self.max_len} positions is full")
+        self._index = (rows.reshape(-1), positions.reshape(-1))
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        self.k[layer].index_put_(self._index, k.reshape(-1, *k.shape[-2:]))
+        self.v[layer].index_put_(self._index, v.reshape(-1, *v.shape[-2:]))
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x, cos, sin, cu_seqlens=None, max_seqlen=None, cache: KVCache | None = None):
+        B, T, _ = x.shape
+        # tensor parallelism shards the heads: read the local counts from the (possibly sharded) projections
+        q = self.q_proj(x).view(B, T, -1, self.head_dim)  # (B, T, Hq, D)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim)  # (B, T, Hkv, D)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            cache.write(self.layer_id, k, v)
+        if cu_seqlens is not None:  # packed (1, total): prefill or training; attend within each sequence only
+            o = flash_attention(q[0], k[0], v[0], causal=True, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)[None]
+        elif cache is not None:  # decode: the new tokens against everything cached so far
+            o = flash_attention_decode(q, cache.k[self.layer_id], cache.v[self.layer_id], cache.lengths + T)
+        else:
+            o = flash_attention(q, k, v, causal=True)
+        return self.o_proj(o.reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gate_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(args.ffn_dim, args.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs, layer_id: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.self_attn = Attention(args, layer_id)
+        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.mlp = MLP(args)
+
+    def forward(self, x, cos, sin, cu_seqlens=None, max_seqlen=None, cache=None):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, max_seqlen, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args, i) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.gradient_checkpointing = False
+        # RoPE inverse frequencies: computed by init_buffers() once the model has a real device.
+        self.register_buffer("inv_freq", torch.empty(args.head_dim // 2), persistent=False)
+
+    @torch.no_grad()
+    def init_buffers(self, device=None):
+        a = self.args
+        device = device or self.embed_tokens.weight.device
+        self.inv_freq = rope_frequencies(a.head_dim, a.rope_theta, a.rope_scaling).to(device=device,
+                                                                                      dtype=torch.float32)
+        return self
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None):
+        """Random weights (for --random-init throughput runs and tests): normal(0, std), norms at one."""
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, std, generator=generator)
+        return self.init_buffers()
+
+    def hidden_states(self, tokens, positions=None, cu_seqlens=None, max_seqlen=None, cache: KVCache | None = None):
+        """Final-norm hidden states (B, T, dim). `positions` (B, T) default to 0..T-1 per row."""
+        B, T = tokens.shape
+        if positions is None:
+            positions = torch.arange(T, device=tokens.device).expand(B, T)
+        cos, sin = rope_cos_sin(positions, self.inv_freq)  # (B, T, head_dim // 2)
+        h = self.embed_tokens(tokens)  # (B, T, dim)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, cu_seqlens, max_seqlen, cache,
+                                                      use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, cu_seqlens, max_seqlen, cache)
+        return self.norm(h)
+
+    def forward(self, tokens, positions=None, cu_seqlens=None, max_seqlen=None, cache=None, last_only=False):
+        """Logits (B, T, vocab) in float32; with last_only, only each packed sequence's / row's last position."""
+        h = self.hidden_states(tokens, positions, cu_seqlens, max_seqlen, cache)
+        if last_only:
+            h = h[:, cu_seqlens[1:].long() - 1] if cu_seqlens is not None else h[:, -1:]
+        return self.lm_head(h).float()
+
+    def loss(self, tokens, labels, positions=None, cu_seqlens=None, max_seqlen=None):
+        """Mean next-token cross-entropy over labels != -100; labels are aligned with tokens (shifted here).
+
+        With packed sequences, the shift never crosses a boundary: the last token of each sequence predicts nothing.
+        """
+        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+        if cu_seqlens is not None:
+            targets[:, cu_seqlens[1:].long() - 1] = -100
+        h = self.hidden_states(tokens, positions, cu_seqlens, max_seqlen)
+        return fused_linear_cross_entropy(h, self.lm_head.weight, targets)
+
+    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
+        a, w = self.args, self.embed_tokens.weight
+        n_kv = self.layers[0].self_attn.k_proj.out_features // a.head_dim  # local heads under tensor parallelism
+        return KVCache(a.n_layers, batch, max_len, n_kv, a.head_dim, dtype or w.dtype, device or w.device)
+
+
+def build_model(args: ModelArgs) -> Transformer:
+    """The model on the meta device: no memory, no device calls; weights come from `engine.weights`."""
+    with torch.device("meta"):
+        return Transformer(args)
