@@ -269,10 +269,8 @@ def load_tokenizer(source: str | Path) -> Tokenizer:
     from .config import get_config, resolve_name
 
     name = resolve_name(s)
-    if name == "smollm2-135m":
+    if get_config(name).tokenizer == "chatml":
         from .weights import smollm2_gguf_path
 
         return load_gguf_tokenizer(smollm2_gguf_path())
-    if get_config(name).tokenizer == "llama3":
-        return load_llama3_tiktoken()
-    raise TokenizerError(f"no tokenizer for {source!r}")
+    return load_llama3_tiktoken()
