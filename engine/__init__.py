@@ -7,4 +7,4 @@
 """
 
 from .loader import load  # noqa: F401
-from .generate import generate  # noqa: F401
+from .generation import generate  # noqa: F401

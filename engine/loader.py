@@ -33,7 +33,10 @@ def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None,
         expected = {k: v.shape for k, v in model.state_dict().items()}
         sd = load_hf_state_dict(path, expected, dtype=dtype)
         assign_state_dict(model, sd, str(path))
-        tokenizer = load_tokenizer(path if (path / "tokenizer.json").is_file() else args.tokenizer)
+        if (path / "tokenizer.json").is_file() or (path / "original" / "tokenizer.model").is_file():
+            tokenizer = load_tokenizer(path)
+        else:  # a bare checkpoint: the family's own vocabulary
+            tokenizer = load_tokenizer("llama3" if args.tokenizer == "llama3" else "smollm2-135m")
     elif path.suffix == ".gguf" or resolve_name_or_none(str(source)) == "smollm2-135m" and not random_init:
         gguf_path = path if path.suffix == ".gguf" else smollm2_gguf_path()
         args, sd, reader = load_gguf(gguf_path, dtype=dtype)

@@ -111,7 +111,7 @@ class _VocabParallelCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, vocab_start, group, ignore_index, chunk_size, need_grad):
-        (N, D), V = hidden.shape, weight.shape[0]
+        V = weight.shape[0]
         valid = (labels != ignore_index).nonzero().squeeze(1)
         n = valid.numel()
         grad_h = torch.zeros_like(hidden) if need_grad and ctx.needs_input_grad[0] else None
@@ -344,10 +344,10 @@ def init_distributed(timeout_s: float | None = None):
         if missing:
             raise RuntimeError(f"tensor parallelism needs torchrun (missing env {missing}): "
                                f"torchrun --nproc_per_node N -m engine.generate ... --tp N")
-        timeout = timedelta(seconds=float(timeout_s or os.environ.get("COALM_DIST_TIMEOUT", 600)))
+        timeout = timedelta(seconds=float(timeout_s or os.environ.get("COALM_DIST_TIMEOUT", "600")))
         if torch.cuda.is_available():
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group("nccl", timeout=timeout)
         else:
             dist.init_process_group("gloo", timeout=timeout)
@@ -406,7 +406,8 @@ def load_parallel(source, tp: int, adapter=None, random_init: bool = False, dtyp
                     sl[:, rank * size:(rank + 1) * size]
                 return t.to(device)
             assign_state_dict(model, load_hf_state_dict(path, full, dtype=dtype, shard=shard), str(path))
-            tokenizer = load_tokenizer(path if (path / "tokenizer.json").is_file() else args.tokenizer)
+            tokenizer = load_tokenizer(path if (path / "tokenizer.json").is_file()
+                                       else "smollm2-135m" if args.tokenizer == "chatml" else args.tokenizer)
         else:
             model.to_empty(device=device)
             model = model.to(dtype)

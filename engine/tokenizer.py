@@ -250,8 +250,9 @@ def load_gguf_tokenizer(path: str | Path, reader=None) -> Tokenizer:
     return Tokenizer(backend, special, name, field("tokenizer.chat_template"), bos, eos)
 
 
+@lru_cache(maxsize=8)
 def load_tokenizer(source: str | Path) -> Tokenizer:
-    """"llama3", a preset name, a checkpoint directory, or a .gguf file."""
+    """"llama3", a preset name, a checkpoint directory, or a .gguf file (cached: tokenizers are read-only)."""
     s = str(source)
     if s == "llama3":
         return load_llama3_tiktoken()

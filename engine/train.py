@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .dist import is_rank0, print0
+from .dist import is_rank0, print0, rank, world_size
 
 
 @dataclass
@@ -71,6 +71,9 @@ class TrainConfig:
         for name in ("max_seq_len", "micro_batch_size", "global_batch_size", "save_every", "keep_last", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.tp > 1 and self.mode == "full":
+            raise ValueError("--full with --tp > 1 is not supported yet (saving would need gathered weights); "
+                             "use --lora or --qlora")
         if isinstance(self.data, str):
             self.data = [self.data]
 
@@ -140,6 +143,11 @@ def load_model(cfg: TrainConfig, device, dtype):
         model, tok = load(source, dtype=dtype, device=device, random_init=cfg.random_init, seed=cfg.seed)
     if cfg.mode == "full":
         model.requires_grad_(True)
+    elif cfg.tp > 1:
+        from .parallel import apply_lora_parallel
+
+        apply_lora_parallel(model, cfg.lora_rank, cfg.lora_alpha, dropout=cfg.lora_dropout,
+                            quantize=cfg.mode == "qlora", seed=cfg.seed)
     else:
         torch.manual_seed(cfg.seed)  # LoRA A init
         apply_lora(model, cfg.lora_rank, cfg.lora_alpha, dropout=cfg.lora_dropout, quantize=cfg.mode == "qlora")
@@ -147,67 +155,63 @@ def load_model(cfg: TrainConfig, device, dtype):
     return model.train(), tok
 
 
-def trainable_state(model, cfg) -> dict[str, torch.Tensor]:
-    if cfg.mode == "full":
-        return {k: v for k, v in model.state_dict().items()}
-    from .lora import lora_state_dict
-
-    return lora_state_dict(model)
-
-
-def load_trainable_state(model, cfg, state: dict[str, torch.Tensor]):
-    params = dict(model.named_parameters()) if cfg.mode == "full" else None
-    if params is not None:
-        with torch.no_grad():
-            for k, v in state.items():
-                if k in params:
-                    params[k].copy_(v)
-        return
-    from .lora import lora_modules
-
-    mods = lora_modules(model)
-    from .weights import hf_to_ours
-
-    with torch.no_grad():
-        for k, v in state.items():
-            name, part = k.removeprefix("base_model.model.").rsplit(".", 2)[0], k.rsplit(".", 2)[1]
-            getattr(mods[hf_to_ours(name)], part).copy_(v)
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """This rank's trainable parameters by our module names (under tensor parallelism, its own shards)."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
 def _checkpoints(out: Path) -> list[Path]:
     d = out / "checkpoints"
-    done = [p for p in d.glob("step-*") if (p / "state.pt").is_file() and not p.name.endswith(".tmp")]
+    done = [p for p in d.glob("step-*") if not p.name.endswith(".tmp") and (p / "state-rank0.pt").is_file()]
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(out: Path, step: int, model, cfg, opt, sched, keep_last: int):
-    """Written to step-N.tmp, then renamed: a run killed mid-write leaves the previous checkpoint intact."""
+def _barrier():
+    if world_size() > 1:
+        torch.distributed.barrier()
+
+
+def save_checkpoint(out: Path, step: int, model, opt, sched, keep_last: int):
+    """Every rank writes its own shard into step-N.tmp, then rank 0 renames it to step-N: a run killed mid-write
+    leaves the previous checkpoint intact (an unrenamed .tmp is ignored and overwritten)."""
     from safetensors.torch import save_file
 
     final = out / "checkpoints" / f"step-{step}"
     tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in trainable_state(model, cfg).items()},
-              str(tmp / "trainable.safetensors"))
+    if is_rank0():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    r = rank()
+    save_file(trainable_state(model), str(tmp / f"trainable-rank{r}.safetensors"))
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng},
-               tmp / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in _checkpoints(out)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+               tmp / f"state-rank{r}.pt")
+    _barrier()
+    if is_rank0():
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in _checkpoints(out)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
     return final
 
 
-def load_checkpoint(path: Path, model, cfg, opt, sched) -> int:
+def load_checkpoint(path: Path, model, opt, sched) -> int:
     from safetensors.torch import load_file
 
-    load_trainable_state(model, cfg, load_file(str(path / "trainable.safetensors")))
-    state = torch.load(path / "state.pt", weights_only=True)
+    r = rank()
+    saved = load_file(str(path / f"trainable-rank{r}.safetensors"))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != set(params):
+        raise ValueError(f"{path} does not match this run's trainable parameters (different mode, rank or model?)")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(saved[n])
+    state = torch.load(path / f"state-rank{r}.pt", weights_only=True)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -305,7 +309,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.resume:
         ckpts = _checkpoints(out)
         if ckpts:
-            start = load_checkpoint(ckpts[-1], model, cfg, opt, sched)
+            start = load_checkpoint(ckpts[-1], model, opt, sched)
             print0(f"resumed from {ckpts[-1]} (step {start})")
         else:
             print0(f"--resume: no complete checkpoint in {out}/checkpoints, starting from scratch")
@@ -357,8 +361,7 @@ def train(cfg: TrainConfig) -> dict:
                 f.write(json.dumps(last) + "\n")
         bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{last['lr']:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == total:
-            if is_rank0():
-                save_checkpoint(out, step + 1, model, cfg, opt, sched, cfg.keep_last)
+            save_checkpoint(out, step + 1, model, opt, sched, cfg.keep_last)
     bar.close()
     finish(model, cfg, out)
     return last
@@ -373,6 +376,16 @@ def _truncate_metrics(path: Path, step: int):
 
 
 def finish(model, cfg: TrainConfig, out: Path):
+    if cfg.tp > 1:
+        from .parallel import save_adapter_parallel
+
+        tmp = out / "adapter.tmp"
+        save_adapter_parallel(model, tmp, base_model=cfg.checkpoint or cfg.model)  # a collective: every rank
+        if is_rank0():
+            shutil.rmtree(out / "adapter", ignore_errors=True)
+            os.replace(tmp, out / "adapter")
+            plot_loss(out / "metrics.jsonl", out / "loss.png")
+        return
     if not is_rank0():
         return
     if cfg.mode == "full":

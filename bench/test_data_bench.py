@@ -1,0 +1,35 @@
+"""Tokenize + pack throughput of `coalm.data` with the Llama 3 tokenizer, in rows per second.
+
+    python -m pytest bench/test_data_bench.py --benchmark-only -q
+
+Workload: the embedded sample's train rows (all four formats, ~230 Llama 3 tokens median), rendered with loss
+masks and packed into 2048-token buckets. Target: >= 2,000 rows/s on 2 CPU cores. Peer: the bare tokenizer
+encoding the same prompt and output texts (the floor that rendering adds template work and packing on top of).
+"""
+
+from bench.conftest import median_time
+from coalm.data import build_batches, load_sample
+from coalm.data.render import messages
+from engine.tokenizer import load_tokenizer
+
+
+def test_render_pack_throughput(benchmark, report):
+    tok = load_tokenizer("llama3")
+    rows = load_sample("train")
+
+    def run():
+        return build_batches(rows, tok, max_seq_len=2048)
+
+    _batches, stats = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    t = benchmark.stats.stats.median
+    texts = [tok.apply_chat_template(messages(r), add_generation_prompt=True) for r in rows]
+
+    def encode_only():
+        for r, p in zip(rows, texts):
+            tok.encode(p)
+            tok.encode(r["output"])
+
+    peer_t = median_time(encode_only, warmup=1, iters=5)
+    assert stats["rows"] == len(rows)
+    report("data.render_pack[llama3]", t, "rows/s", len(rows) / t, peer="tiktoken encode only", peer_time_s=peer_t,
+           tokens_per_s=stats["tokens"] / t, efficiency=stats["efficiency"])

@@ -1,0 +1,455 @@
+"""API-Bank level-1 (API descriptions given) and level-2 (ToolSearcher) evaluation, scored offline.
+
+Samples follow the official construction (`api-bank/evaluator.py`, `Sample.from_chat_history`): in each dialogue file,
+every `API` line i yields two samples, history[:i] -> line i, then history[:i+1] -> line i+1. A sample's `id` is its
+index in that list; its kind comes from the role of its target: `API` -> "api_call" (scored by call accuracy, "Rate"),
+`AI` -> "response" (Rouge-L); the few samples whose target is a `User` line are scored by neither (as officially) and
+are not loaded. Prompts and the history rendering are the official ones; level-2 call samples see only the
+ToolSearcher description. The official prompt lists the dialogue's APIs from a Python set (order varies run to run);
+we list them in order of first use.
+
+Calls are parsed as the official `parse_api_call` does (regexes only; nothing is evaluated): the first
+`[Name(...)]` on one line, then `key='v'` / `key="v"` (value up to the next quote of either kind), `key=[...]`
+(greedy) or `key=word`; every value is a string.
+
+Call accuracy. The official scorer runs the call on simulated back-ends and applies each API class's
+`check_api_call_correctness`. Offline we compare the parsed call with the gold call: same API name, same parameter
+names (a predicted parameter the API marks "[Optional]" may be added), and every value equal under its rule:
+  exact      string equality (tokens, passwords, ids, urls; times the official code strptime-checks, then compares)
+  strip      equality after strip (patient/doctor names, appointment ids)
+  upper      upper()+strip (user_id, stock_code)      lower   strip()+lower() (symptom, search keywords)
+  date       strip, zero-fill a short year, parse %Y-%m-%d, compare normalised (so "2023-3-5" == "2023-03-05")
+  datetime   the same with %Y-%m-%d %H:%M:%S            month_day  %Y-%m-%d or %m-%d, compared as %m-%d
+  strict_datetime  equal strings that also parse as %Y-%m-%d %H:%M:%S (no other format is accepted)
+  words / words_lower  word-set Jaccard (split on " ", optionally lowercased) > 0.5 (free-text content/topics)
+  list       both parsed as JSON after ' -> " and equal;  health  list of {name, value} compared as sorted strings
+  int / bool the official type conversion (digits -> int; "True" -> True);  ignore  not compared
+`_RULES` names, per API, the parameters whose rule is not `exact`; `_RULE_SOURCE` says whether the rule was read
+from the API's official class ("official") or inferred from a sibling API of the same family ("inferred"), or
+approximates a check that needs the network or an embedding model ("approx": Dictionary, Translate, SearchEngine,
+Wiki, ToolSearcher, DocumentQA, Calculator). Known departures, by design: DeleteMeeting's official check reads a
+missing `time` key and so fails every successful call; gold TimedSwitch/CancelTimedSwitch calls use `device_id`,
+which the official API rejects. Ours accepts the gold call in every case (the report counts gold calls that pass).
+
+Text metrics: response samples get Rouge-L F (`rouge` package, the official choice; empty/degenerate -> 0). Call
+samples additionally get the CoALM paper's LLaMA-Factory metrics (Rouge-1/2/L, BLEU-4) of the raw output against
+the gold call rendered as `[Name(key='value', ...)]` (see `_text_metrics`).
+
+Examples: "id" is "<file>#<index>" (unique across files; the CLI keys responses by it), "index" the official sample
+index within the file, plus "file", "level", "kind", "messages", "gold". Saved outputs: JSONL rows
+{"file", "id": index, "pred"}, the official sample index as "id".
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from pathlib import Path
+
+from coalm.eval._text_metrics import llamafactory_scores, rouge_f
+from coalm.eval.base import EvalError, benchmark_dir
+
+LEVEL_DIRS = {1: "level-1-given-desc", 2: "level-2-toolsearcher"}
+KINDS = ("api_call", "response")
+RESPONSES_SUFFIX = ".jsonl"
+
+API_CALL_PROMPT = """
+Based on the given API description and the existing conversation history 1..t, please generate the API request that the AI should call in step t+1 and output it in the format of [ApiName(key1='value1', key2='value2', ...)], replace the ApiName with the actual API name, and replace the key and value with the actual parameters. 
+Your output should start with a square bracket "[" and end with a square bracket "]". Do not output any other explanation or prompt or the result of the API call in your output. 
+This year is 2023.
+Input: 
+User: [User's utterence]
+AI: [AI's utterence]
+
+Expected output:
+[ApiName(key1='value1', key2='value2', ...)]
+
+API descriptions:
+"""
+
+RESPONSE_PROMPT = """
+Based on the given API description and the existing conversation history 1..t, please generate the next dialog that the AI should response after the API call t.
+This year is 2023.
+Input: 
+User: [User's utterence]
+AI: [AI's utterence]
+[ApiName(key1='value1', key2='value2', \u2026)]
+
+Expected output:
+AI: [AI's utterence]
+
+API descriptions:
+"""
+
+_CALL_RE = re.compile(r"\[(\w+)\((.*)\)\]")
+_PARAM_RE = re.compile(r"(\w+)\s*=\s*['\"](.+?)['\"]|(\w+)\s*=\s*(\[.*\])|(\w+)\s*=\s*(\w+)")
+
+_TOKEN_TIME = {"time": "strict_datetime"}
+_MEETING = {"meeting_topic": "words", "start_time": "strict_datetime", "end_time": "strict_datetime",
+            "attendees": "list"}
+_REMINDER = {"content": "words_lower", "time": "strict_datetime"}
+_RULES = {
+    "AddAgenda": {"content": "words", "time": "strict_datetime"},
+    "ModifyAgenda": {"content": "words", "time": "strict_datetime"},
+    # officially only `time` decides once both calls succeed; deletion succeeds on content OR time
+    "DeleteAgenda": {"content": "ignore", "time": "strict_datetime", "location": "ignore"},
+    "AddAlarm": _TOKEN_TIME, "DeleteAlarm": _TOKEN_TIME, "QueryAlarm": _TOKEN_TIME,
+    "ModifyAlarm": {"from_time": "strict_datetime", "to_time": "strict_datetime"},
+    "AddMeeting": _MEETING, "QueryMeeting": _MEETING, "ModifyMeeting": _MEETING, "DeleteMeeting": _MEETING,
+    "AddReminder": _REMINDER, "ModifyReminder": _REMINDER, "DeleteReminder": _REMINDER, "QueryReminder": _REMINDER,
+    "AppointmentRegistration": {"patient_name": "strip", "date": "date", "doctor_name": "strip"},
+    "QueryRegistration": {"patient_name": "strip", "date": "date"},
+    "ModifyRegistration": {"appointment_id": "strip", "new_appointment_date": "date",
+                           "new_appointment_doctor": "strip"},
+    "CancelRegistration": {"appointment_id": "strip"},
+    "RecordHealthData": {"user_id": "upper", "time": "datetime", "health_data": "health"},
+    "QueryHealthData": {"user_id": "upper", "start_time": "datetime", "end_time": "datetime"},
+    "QueryHistoryToday": {"date": "month_day"},
+    "QueryStock": {"stock_code": "upper", "date": "date"},
+    "EmergencyKnowledge": {"symptom": "lower"}, "SymptomSearch": {"symptom": "lower"},
+    "BookHotel": {"hotel_name": "strip", "check_in_time": "date", "check_out_time": "date", "room_count": "int",
+                  "adult_count": "int", "child_count": "int"},
+    "TimedSwitch": {"time": "strict_datetime", "on": "bool"}, "CancelTimedSwitch": {"time": "strict_datetime"},
+    "ForgotPassword": {"verification_code": "int"},
+    "PlayMusic": {"music_name": "lower"}, "QueryScene": {"name": "strip"}, "DeleteScene": {"name": "strip"},
+    "ToolSearcher": {"keywords": "words_lower"},
+    "Dictionary": {"keyword": "lower"}, "Wiki": {"keyword": "lower"}, "SearchEngine": {"keyword": "words_lower"},
+    "Translate": {"src": "strip", "src_lang": "lower", "tgt_lang": "lower"},
+    "DocumentQA": {"question": "words_lower"}, "Calculator": {"formula": "nospace"},
+    "SendEmail": {"subject": "words_lower", "content": "words_lower"},
+}
+_OFFICIAL = {"AddAgenda", "AddAlarm", "AddMeeting", "AddReminder", "DeleteAgenda", "DeleteMeeting", "QueryMeeting",
+             "ModifyReminder", "ModifyRegistration", "AppointmentRegistration", "QueryRegistration",
+             "RecordHealthData", "QueryHistoryToday", "QueryStock", "EmergencyKnowledge", "GetUserToken",
+             "OpenBankAccount"}
+_APPROX = {"Dictionary", "Translate", "SearchEngine", "Wiki", "ToolSearcher", "DocumentQA", "Calculator"}
+
+
+def rule_source(api_name: str) -> str:
+    return "approx" if api_name in _APPROX else "official" if api_name in _OFFICIAL else "inferred"
+
+
+# ---------------------------------------------------------------- parsing and rendering
+
+def extract_call(text: str) -> str | None:
+    """The `[Name(...)]` span the official `get_api_call` keeps, or None."""
+    m = _CALL_RE.search(text)
+    return m.group(0) if m else None
+
+
+def parse_api_call(text: str) -> tuple[str, dict] | None:
+    """(api_name, {param: str value}) as the official parser reads it; None when there is no `[Name(...)]`."""
+    m = _CALL_RE.search(text)
+    if m is None:
+        return None
+    params = {}
+    for p in _PARAM_RE.finditer(m.group(2)):
+        if p.group(1):
+            params[p.group(1)] = p.group(2)
+        elif p.group(3):
+            params[p.group(3)] = p.group(4)
+        else:
+            params[p.group(5)] = p.group(6)
+    return m.group(1), params
+
+
+def render_call(api_name: str, params: dict) -> str:
+    """`[Name(key='value', ...)]`; list values (text starting with "[") are written bare so that they parse."""
+    parts = []
+    for k, v in params.items():
+        v = str(v)
+        parts.append(f"{k}={v}" if v.startswith("[") and v.endswith("]") else f"{k}='{v}'")
+    return f"[{api_name}({', '.join(parts)})]"
+
+
+def render_history_item(item: dict) -> dict:
+    """One dialogue line as the official evaluator feeds it to the model."""
+    role = item["role"]
+    if role == "User":
+        return {"role": "user", "content": item["text"]}
+    if role == "AI":
+        return {"role": "assistant", "content": item["text"]}
+    if role == "API":
+        args = ", ".join(f"{k}='{v}'" for k, v in item["param_dict"].items())
+        return {"role": "system", "content": f"[{item['api_name']}({args})] Response: {item['result']['output']}"}
+    raise EvalError(f"invalid chat role {role!r}; expected User, AI or API")
+
+
+# ---------------------------------------------------------------- value rules
+
+def _norm_date(value: str, fmt: str):
+    value = value.strip()
+    parts = value.split("-")
+    if len(parts) == 3 and len(parts[0]) != 4:
+        parts[0] = parts[0].zfill(4)
+        value = "-".join(parts)
+    try:
+        return _dt.datetime.strptime(value, fmt).strftime(fmt)
+    except ValueError:
+        return None
+
+
+def _norm_month_day(value: str):
+    full = _norm_date(value, "%Y-%m-%d")
+    if full is not None:
+        return full[5:]
+    try:
+        return _dt.datetime.strptime(value.strip(), "%m-%d").strftime("%m-%d")
+    except ValueError:
+        return None
+
+
+def _json_list(value: str):
+    try:
+        out = json.loads(value.replace("'", '"'))
+    except json.JSONDecodeError:
+        return None
+    return out if isinstance(out, list) else None
+
+
+def _health(value: str):
+    items = _json_list(value)
+    if items is None or not all(isinstance(i, dict) and "name" in i and "value" in i for i in items):
+        return None
+    return sorted(str({"name": str(i["name"]), "value": str(i["value"])}) for i in items)
+
+
+def _words_match(pred: str, gold: str, lower: bool) -> bool:
+    a, b = (pred.lower(), gold.lower()) if lower else (pred, gold)
+    a, b = set(a.split(" ")), set(b.split(" "))
+    return len(a & b) / len(a | b) > 0.5
+
+
+def _is_strict_datetime(v: str) -> bool:
+    try:
+        _dt.datetime.strptime(v, "%Y-%m-%d %H:%M:%S")
+        return True
+    except ValueError:
+        return False
+
+
+_NORMALISERS = {
+    "exact": lambda v: v,
+    "strip": str.strip,
+    "upper": lambda v: v.upper().strip(),
+    "lower": lambda v: v.strip().lower(),
+    "nospace": lambda v: "".join(v.split()),
+    "date": lambda v: _norm_date(v, "%Y-%m-%d"),
+    "datetime": lambda v: _norm_date(v, "%Y-%m-%d %H:%M:%S"),
+    "month_day": _norm_month_day,
+    "list": _json_list,
+    "health": _health,
+    "int": lambda v: int(v) if v.isdigit() else None,
+    "bool": lambda v: v == "True",
+}
+
+
+def value_matches(rule: str, pred: str, gold: str) -> bool:
+    if rule == "ignore":
+        return True
+    if rule in ("words", "words_lower"):
+        return _words_match(pred, gold, rule == "words_lower")
+    if rule == "strict_datetime":
+        return pred == gold and _is_strict_datetime(pred)
+    if rule not in _NORMALISERS:
+        raise ValueError(f"unknown value rule {rule!r}; choose one of {sorted(_NORMALISERS)}")
+    p, g = _NORMALISERS[rule](pred), _NORMALISERS[rule](gold)
+    return p is not None and p == g
+
+
+def check_call(pred: tuple[str, dict] | None, gold_name: str, gold_params: dict, api_desc: dict | None = None):
+    """(correct, error_type) for a parsed call against the gold call."""
+    if pred is None:
+        return False, "no_call"
+    name, params = pred
+    if name != gold_name:
+        return False, "wrong_api_name"
+    rules = _RULES.get(gold_name, {})
+    optional = {k for k, d in ((api_desc or {}).get("input_parameters") or {}).items()
+                if str(d.get("description", "")).startswith("[Optional]")}
+    for k in gold_params:
+        if k not in params:
+            return False, f"missing_param:{k}"
+    for k in params:
+        if k not in gold_params and k not in optional:
+            return False, f"extra_param:{k}"
+    for k, g in gold_params.items():
+        if not value_matches(rules.get(k, "exact"), params[k], g):
+            return False, f"wrong_value:{k}"
+    return True, None
+
+
+# ---------------------------------------------------------------- the module interface
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--apibank-levels", default="1,2", help="API-Bank levels to score: 1, 2 or 1,2")
+    parser.add_argument("--apibank-kinds", default="api_call,response",
+                        help="API-Bank sample kinds: api_call (Rate), response (Rouge-L), or both")
+
+
+def _csv_choice(text: str, valid, what: str, cast=str):
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            val = cast(part)
+        except ValueError:
+            val = None
+        if val not in valid:
+            raise EvalError(f"bad {what} {part!r}; choose from {', '.join(map(str, valid))}")
+        out.append(val)
+    return out
+
+
+def _read_dialogue(path: Path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise EvalError(f"{path}:{n}: not JSON ({e})") from None
+    return rows
+
+
+def official_samples(rows: list[dict]) -> list[tuple[list[dict], dict]]:
+    """(history, target) pairs in the official order; the index in this list is the sample id."""
+    out = []
+    for i, item in enumerate(rows):
+        if item["role"] == "API":
+            out.append((rows[:i], item))
+            if i + 1 < len(rows):
+                out.append((rows[: i + 1], rows[i + 1]))
+    return out
+
+
+def load_examples(data_root, args=None) -> list[dict]:
+    root = benchmark_dir(data_root, "apibank")
+    levels = _csv_choice(getattr(args, "apibank_levels", "1,2"), tuple(LEVEL_DIRS), "API-Bank level", int)
+    kinds = _csv_choice(getattr(args, "apibank_kinds", ",".join(KINDS)), KINDS, "API-Bank kind")
+    desc_path = root / "api_descriptions.json"
+    if not desc_path.is_file():
+        raise EvalError(f"missing {desc_path}")
+    descs = {d["name"]: d for d in json.loads(desc_path.read_text())}
+
+    def describe(name):
+        if name not in descs:
+            raise EvalError(f"API {name!r} has no entry in {desc_path}")
+        d = descs[name]
+        return json.dumps({k: d[k] for k in ("name", "description", "input_parameters", "output_parameters")})
+
+    examples = []
+    for level in levels:
+        folder = root / "lv1-lv2-samples" / LEVEL_DIRS[level]
+        if not folder.is_dir():
+            raise EvalError(f"missing {folder}")
+        for path in sorted(folder.glob("*.jsonl")):
+            rows = _read_dialogue(path)
+            apis = list(dict.fromkeys(r["api_name"] for r in rows if r["role"] == "API"))
+            for sid, (history, target) in enumerate(official_samples(rows)):
+                kind = {"API": "api_call", "AI": "response"}.get(target["role"])
+                if kind not in kinds:
+                    continue
+                if kind == "api_call":
+                    api_text = describe("ToolSearcher") if level == 2 else "\n".join(map(describe, apis))
+                    prompt = API_CALL_PROMPT + api_text
+                    gold = {"api_name": target["api_name"], "param_dict": target["param_dict"]}
+                else:
+                    prompt = RESPONSE_PROMPT + "\n".join(map(describe, apis))
+                    gold = {"text": target["text"]}
+                messages = [{"role": "system", "content": prompt}] + [render_history_item(h) for h in history]
+                examples.append({"id": f"{path.name}#{sid}", "index": sid, "file": path.name, "level": level,
+                                 "kind": kind, "messages": messages, "gold": gold,
+                                 "api_desc": descs.get(gold.get("api_name"))})
+    return examples
+
+
+def read_responses(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"responses file {path} not found")
+    out = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EvalError(f"{path}:{n}: not JSON ({e})") from None
+        if not isinstance(row, dict) or not {"file", "id", "pred"} <= set(row):
+            raise EvalError(f'{path}:{n}: expected {{"file", "id", "pred"}}, got {str(row)[:200]}')
+        out[f"{row['file']}#{row['id']}"] = str(row["pred"])
+    return out
+
+
+def responses_from_texts(examples: list[dict], texts: list[str]) -> dict:
+    """texts[i] belongs to examples[i]; a shorter list (a run still generating) covers the first examples."""
+    if len(texts) > len(examples):
+        raise EvalError(f"{len(texts)} generated texts for {len(examples)} examples")
+    return {ex["id"]: t for ex, t in zip(examples, texts)}
+
+
+def write_responses(path, examples: list[dict], responses: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for ex in examples:
+            if ex["id"] in responses:
+                row = {"file": ex["file"], "id": ex["index"], "pred": responses[ex["id"]]}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
+
+def evaluate(examples: list[dict], responses: dict) -> dict:
+    items = []
+    per_level = {}
+    gold_pass = gold_total = 0
+    for ex in examples:
+        pred = responses.get(ex["id"])
+        item = {"id": ex["id"], "file": ex["file"], "index": ex["index"], "level": ex["level"], "kind": ex["kind"]}
+        stats = per_level.setdefault(ex["level"], {"calls": [], "rouge": [], "lf": [], "missing": 0})
+        if ex["kind"] == "api_call":
+            g = ex["gold"]
+            gold_ok, _ = check_call((g["api_name"], g["param_dict"]), g["api_name"], g["param_dict"], ex["api_desc"])
+            gold_pass, gold_total = gold_pass + gold_ok, gold_total + 1
+            item["rule_source"] = rule_source(g["api_name"])
+            if pred is None:
+                ok, err = False, "missing_output"
+                stats["missing"] += 1
+            else:
+                ok, err = check_call(parse_api_call(pred), g["api_name"], g["param_dict"], ex["api_desc"])
+                stats["lf"].append(llamafactory_scores(pred, render_call(g["api_name"], g["param_dict"])))
+            stats["calls"].append(ok)
+            item.update(verdict="correct" if ok else "incorrect", error_type=err)
+        else:
+            if pred is None:
+                score, err = 0.0, "missing_output"
+                stats["missing"] += 1
+            else:
+                score, err = (rouge_f(pred, ex["gold"]["text"]) if pred.strip() else 0.0), None
+            stats["rouge"].append(score)
+            item.update(score=score, error_type=err)
+        items.append(item)
+
+    summary = {"benchmark": "api-bank", "levels": {}}
+    for level, s in sorted(per_level.items()):
+        lf = {m: _mean([x[m] for x in s["lf"]]) for m in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")}
+        summary["levels"][f"level-{level}"] = {
+            "api_calls": len(s["calls"]),
+            "rate": _mean([float(c) for c in s["calls"]]),
+            "response_samples": len(s["rouge"]),
+            "rouge_l": _mean(s["rouge"]),
+            "call_text_metrics_llamafactory": lf if s["lf"] else None,
+            "missing_outputs": s["missing"],
+        }
+    summary["gold_calls_passing_our_check"] = f"{gold_pass}/{gold_total}"
+    summary["call_check"] = ("offline comparison with the gold call under the official per-API value rules "
+                             "(not execution on the simulated back-ends)")
+    summary["calls_by_rule_source"] = {
+        src: sum(1 for it in items if it.get("rule_source") == src) for src in ("official", "inferred", "approx")}
+    return {"summary": summary, "items": items}

@@ -1,0 +1,659 @@
+"""Flash attention (causal or not, GQA, packed variable-length sequences), forward, backward and decode.
+
+Math. Per sequence, query head h and its kv head g = h // (Hq / Hkv):
+    S = scale * Q_h K_g^T,   P = softmax(S) (row-wise, masked),   O_h = P V_g,   scale = 1/sqrt(D) by default.
+Forward streams K/V blocks through SRAM with the online softmax: a running row max m and sum l, the
+accumulator rescaled by exp(m_old - m_new) at every block; it writes O and the log-sum-exp per row (fp32, base
+2: lse2 = m + log2(l), in log2 units because the kernels use exp2 with the scale pre-multiplied by log2(e)).
+Backward recomputes P = exp2(S * log2(e) - lse2) block by block, with the usual preprocess
+delta_i = rowsum(dO_i * O_i):
+    dV = P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dS^T Q.
+dK/dV programs own one kv block of one kv head and loop over the group's query heads and query blocks, so GQA
+needs no atomics and K/V are never repeated in memory; dQ has its own kernel (one query block per program).
+
+Causality is bottom-right aligned: query i of a sequence with Lq queries and Lk keys sees keys
+j <= i + (Lk - Lq). Training has Lq == Lk; the decode path has Lq = Tq new tokens at the end of a cache of Lk.
+The kernels split each loop into blocks that need no mask (fully visible, fully in range) and the few on the
+diagonal or at the sequence end that do, so most iterations run without masking.
+
+Layouts (last dim contiguous; other strides free):
+  padded   q (B, T, Hq, D), k/v (B, T, Hkv, D)
+  packed   q (total, Hq, D), k/v (total, Hkv, D), cu_seqlens int32 (nseq + 1,) with cu[0] = 0, cu[-1] = total;
+           no attention across sequence boundaries; max_seqlen = max length (computed when not given).
+  decode   q (B, Tq, Hq, D), k_cache/v_cache (B, Tmax, Hkv, D), cache_seqlens int32 (B,), Tq <= len <= Tmax.
+
+Limits. Triton path: head dim 64 or 128, fp16/bf16 on CUDA (fp32 too in the interpreter), Hq a multiple of
+Hkv. The CPU path (torch SDPA) takes any head dim and dtype. The decode kernel is the forward kernel with
+per-sequence cache lengths and the group's query heads packed into one block of rows (K/V read once per kv
+head); it has no split over the cache length, so a single long sequence uses only about B * Hkv programs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from kernels._dispatch import interpreting, use_triton
+
+LOG2E = 1.4426950408889634
+_HEAD_DIMS = (64, 128)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Triton kernels
+# --------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_inner(acc, m_i, l_i, q, k_ptr, v_ptr, skt, svt, offs_t, offs_d, lo, hi, Lk, causal_off, qk_scale,
+               BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        if MASKED:
+            kv_ok = offs_n < Lk
+            k = tl.load(k_ptr + offs_n[:, None] * skt + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+            v = tl.load(v_ptr + offs_n[:, None] * svt + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptr + offs_n[:, None] * skt + offs_d[None, :])
+            v = tl.load(v_ptr + offs_n[:, None] * svt + offs_d[None, :])
+        qk = tl.dot(q, tl.trans(k))
+        if MASKED:
+            keep = kv_ok[None, :]
+            if CAUSAL:
+                keep = keep & (offs_n[None, :] <= offs_t[:, None] + causal_off)
+            qk = tl.where(keep, qk * qk_scale, float("-inf"))
+        else:
+            qk = qk * qk_scale
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, CU, SEQLENS_K,
+                sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, slb, slh,
+                seqlen_q, seqlen_k, qk_scale, tune_q, tune_k,
+                HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                VARLEN: tl.constexpr, KV_LENS: tl.constexpr, PACK_GQA: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Heaviest causal blocks (last rows) first, so the tail of the grid is short ones.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    if PACK_GQA:  # one program per kv head; its rows are (query, head in group) pairs, K/V read once per group
+        b = pid_bh // (HQ // GROUP)
+        hk = pid_bh % (HQ // GROUP)
+        hq = hk * GROUP
+    else:
+        b = pid_bh // HQ
+        hq = pid_bh % HQ
+        hk = hq // GROUP
+    b64 = b.to(tl.int64)
+    q_off = b64 * sqb + hq * sqh
+    k_off = b64 * skb + hk * skh
+    v_off = b64 * svb + hk * svh
+    o_off = b64 * sob + hq * soh
+    l_off = b64 * slb + hq * slh
+    if VARLEN:
+        start = tl.load(CU + b)
+        Lq = tl.load(CU + b + 1) - start
+        Lk = Lq
+        s64 = start.to(tl.int64)
+        q_off += s64 * sqt
+        k_off += s64 * skt
+        v_off += s64 * svt
+        o_off += s64 * sot
+        l_off += s64
+    else:
+        Lq = seqlen_q
+        if KV_LENS:
+            Lk = tl.load(SEQLENS_K + b)
+        else:
+            Lk = seqlen_k
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    if PACK_GQA:
+        n_rows = Lq * GROUP
+        offs_t = offs_m // GROUP  # query index in the sequence
+        offs_g = offs_m % GROUP
+        row_q = offs_t * sqt + offs_g * sqh
+        row_o = offs_t * sot + offs_g * soh
+        t_lo = m0 // GROUP
+        t_hi = (m0 + BLOCK_M - 1) // GROUP + 1
+    else:
+        n_rows = Lq
+        offs_t = offs_m
+        row_q = offs_m * sqt
+        row_o = offs_m * sot
+        t_lo = m0
+        t_hi = m0 + BLOCK_M
+    if m0 >= n_rows:
+        return
+    causal_off = Lk - Lq
+    row_ok = offs_t < Lq
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + q_off + row_q[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    if CAUSAL:
+        # keys below the block's first visible diagonal are seen by every row; t_lo < Lq keeps hi_full < Lk
+        hi_full = (t_lo + causal_off) // BLOCK_N * BLOCK_N
+        hi = tl.minimum(t_hi + causal_off, Lk)
+    else:
+        hi_full = Lk // BLOCK_N * BLOCK_N
+        hi = Lk
+    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K + k_off, V + v_off, skt, svt, offs_t, offs_d, 0, hi_full, Lk,
+                               causal_off, qk_scale, BLOCK_N, CAUSAL, False)
+    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K + k_off, V + v_off, skt, svt, offs_t, offs_d, hi_full, hi, Lk,
+                               causal_off, qk_scale, BLOCK_N, CAUSAL, True)
+    if not KV_LENS:  # decode is forward-only and needs no log-sum-exp
+        tl.store(LSE + l_off + offs_m, m_i + tl.log2(l_i), mask=row_ok)
+    out = acc / l_i[:, None]
+    tl.store(O + o_off + row_o[:, None] + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _bwd_preprocess(O, DO, DELTA, CU, sob, sot, soh, sdb, sdt, sdh, slb, slh, seqlen,
+                    HQ: tl.constexpr, HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HQ
+    hq = pid_bh % HQ
+    b64 = b.to(tl.int64)
+    o_off = b64 * sob + hq * soh
+    d_off = b64 * sdb + hq * sdh
+    l_off = b64 * slb + hq * slh
+    if VARLEN:
+        start = tl.load(CU + b)
+        L = tl.load(CU + b + 1) - start
+        s64 = start.to(tl.int64)
+        o_off += s64 * sot
+        d_off += s64 * sdt
+        l_off += s64
+    else:
+        L = seqlen
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = offs_m < L
+    o = tl.load(O + o_off + offs_m[:, None] * sot + offs_d[None, :], mask=ok[:, None], other=0.0)
+    do = tl.load(DO + d_off + offs_m[:, None] * sdt + offs_d[None, :], mask=ok[:, None], other=0.0)
+    tl.store(DELTA + l_off + offs_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=ok)
+
+
+@triton.jit
+def _bwd_dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, l_ptr, d_ptr, sqt, sdt, offs_n, offs_d, lo, hi, Lq, qk_scale,
+                    BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr):
+    offs_m0 = tl.arange(0, BLOCK_M)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_m0
+        if MASKED:
+            row_ok = offs_m < Lq
+            q = tl.load(q_ptr + offs_m[:, None] * sqt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            do = tl.load(do_ptr + offs_m[:, None] * sdt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            lse = tl.load(l_ptr + offs_m, mask=row_ok, other=0.0)
+            delta = tl.load(d_ptr + offs_m, mask=row_ok, other=0.0)
+        else:
+            q = tl.load(q_ptr + offs_m[:, None] * sqt + offs_d[None, :])
+            do = tl.load(do_ptr + offs_m[:, None] * sdt + offs_d[None, :])
+            lse = tl.load(l_ptr + offs_m)
+            delta = tl.load(d_ptr + offs_m)
+        pT = tl.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
+        if MASKED:
+            keep = row_ok[None, :]
+            if CAUSAL:
+                keep = keep & (offs_m[None, :] >= offs_n[:, None])
+            pT = tl.where(keep, pT, 0.0)
+        dv = tl.dot(pT.to(do.dtype), do, dv)
+        dpT = tl.dot(v, tl.trans(do))
+        dsT = pT * (dpT - delta[None, :])
+        dk = tl.dot(dsT.to(q.dtype), q, dk)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU,
+                     sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh,
+                     sdkb, sdkt, sdkh, sdvb, sdvt, sdvh, slb, slh,
+                     seqlen, qk_scale, softmax_scale, tune_q,
+                     HKV: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                     VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    b64 = b.to(tl.int64)
+    q_off = b64 * sqb
+    do_off = b64 * sdb
+    l_off = b64 * slb
+    k_off = b64 * skb + hk * skh
+    v_off = b64 * svb + hk * svh
+    dk_off = b64 * sdkb + hk * sdkh
+    dv_off = b64 * sdvb + hk * sdvh
+    if VARLEN:
+        start = tl.load(CU + b)
+        L = tl.load(CU + b + 1) - start
+        s64 = start.to(tl.int64)
+        q_off += s64 * sqt
+        do_off += s64 * sdt
+        l_off += s64
+        k_off += s64 * skt
+        v_off += s64 * svt
+        dk_off += s64 * sdkt
+        dv_off += s64 * sdvt
+    else:
+        L = seqlen
+    n0 = pid_n * BLOCK_N
+    if n0 >= L:
+        return
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_ok = offs_n < L
+    k = tl.load(K + k_off + offs_n[:, None] * skt + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+    v = tl.load(V + v_off + offs_n[:, None] * svt + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    # Query blocks: [lo, lo_full) straddle the diagonal (masked); [lo_full, L_full) are fully visible and in
+    # range; [max(lo_full, L_full), L) is the ragged last block (masked). The three ranges never overlap.
+    L_full = L // BLOCK_M * BLOCK_M
+    if CAUSAL:
+        lo = n0 // BLOCK_M * BLOCK_M
+        lo_full = tl.cdiv(n0 + BLOCK_N - 1, BLOCK_M) * BLOCK_M
+    else:
+        lo = 0
+        lo_full = 0
+    for g in range(GROUP):
+        hq = hk * GROUP + g
+        q_ptr = Q + q_off + hq * sqh
+        do_ptr = DO + do_off + hq * sdh
+        l_ptr = LSE + l_off + hq * slh
+        d_ptr = DELTA + l_off + hq * slh
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, l_ptr, d_ptr, sqt, sdt, offs_n, offs_d,
+                                 lo, tl.minimum(lo_full, L), L, qk_scale, BLOCK_M, CAUSAL, True)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, l_ptr, d_ptr, sqt, sdt, offs_n, offs_d,
+                                 lo_full, L_full, L, qk_scale, BLOCK_M, CAUSAL, False)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_ptr, do_ptr, l_ptr, d_ptr, sqt, sdt, offs_n, offs_d,
+                                 tl.maximum(lo_full, L_full), L, L, qk_scale, BLOCK_M, CAUSAL, True)
+    dk = dk * softmax_scale
+    tl.store(DK + dk_off + offs_n[:, None] * sdkt + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
+    tl.store(DV + dv_off + offs_n[:, None] * sdvt + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+
+@triton.jit
+def _bwd_dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, skt, svt, offs_m, offs_d, lo, hi, L, qk_scale,
+                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        if MASKED:
+            kv_ok = offs_n < L
+            k = tl.load(k_ptr + offs_n[:, None] * skt + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+            v = tl.load(v_ptr + offs_n[:, None] * svt + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptr + offs_n[:, None] * skt + offs_d[None, :])
+            v = tl.load(v_ptr + offs_n[:, None] * svt + offs_d[None, :])
+        p = tl.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
+        if MASKED:
+            keep = kv_ok[None, :]
+            if CAUSAL:
+                keep = keep & (offs_n[None, :] <= offs_m[:, None])
+            p = tl.where(keep, p, 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU,
+                   sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh, sdqb, sdqt, sdqh, slb, slh,
+                   seqlen, qk_scale, softmax_scale, tune_q,
+                   HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                   VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HQ
+    hq = pid_bh % HQ
+    hk = hq // GROUP
+    b64 = b.to(tl.int64)
+    q_off = b64 * sqb + hq * sqh
+    do_off = b64 * sdb + hq * sdh
+    dq_off = b64 * sdqb + hq * sdqh
+    l_off = b64 * slb + hq * slh
+    k_off = b64 * skb + hk * skh
+    v_off = b64 * svb + hk * svh
+    if VARLEN:
+        start = tl.load(CU + b)
+        L = tl.load(CU + b + 1) - start
+        s64 = start.to(tl.int64)
+        q_off += s64 * sqt
+        do_off += s64 * sdt
+        dq_off += s64 * sdqt
+        l_off += s64
+        k_off += s64 * skt
+        v_off += s64 * svt
+    else:
+        L = seqlen
+    m0 = pid_m * BLOCK_M
+    if m0 >= L:
+        return
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < L
+    q = tl.load(Q + q_off + offs_m[:, None] * sqt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + do_off + offs_m[:, None] * sdt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + l_off + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + l_off + offs_m, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    if CAUSAL:
+        hi_full = m0 // BLOCK_N * BLOCK_N
+        hi = tl.minimum(m0 + BLOCK_M, L)
+    else:
+        hi_full = L // BLOCK_N * BLOCK_N
+        hi = L
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, K + k_off, V + v_off, skt, svt, offs_m, offs_d, 0, hi_full, L,
+                       qk_scale, BLOCK_N, CAUSAL, False)
+    dq = _bwd_dq_inner(dq, q, do, lse, delta, K + k_off, V + v_off, skt, svt, offs_m, offs_d, hi_full, hi, L,
+                       qk_scale, BLOCK_N, CAUSAL, True)
+    dq = dq * softmax_scale
+    tl.store(DQ + dq_off + offs_m[:, None] * sdqt + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Launch configuration: autotuned on GPU, small fixed blocks in the interpreter where every block costs Python
+# time. The candidates were checked by compiling for sm_90 ahead of time (no GPU needed): all use wgmma, forward
+# and dq spill at most a few words at D=128; dK/dV holds two (BLOCK_N, D) fp32 accumulators plus K and V and
+# spills ~250-300 bytes per thread at D=128 in every shape tried (none at D=64), so its list is the least-spilling
+# ones. Few candidates keep the first call's compile time short.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _configs(specs):
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in specs]
+
+
+_TUNE_KEY = ["tune_q", "HEAD_DIM", "CAUSAL", "VARLEN"]
+if interpreting():
+    _fwd, _fwd_decode, _dkdv, _dq = _fwd_kernel, _fwd_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel
+    _FWD_META = {"BLOCK_M": 64, "BLOCK_N": 32}  # BLOCK_M > BLOCK_N exercises several masked blocks per row
+    _DECODE_META = {"BLOCK_M": 16, "BLOCK_N": 32}
+    _DKDV_META = {"BLOCK_M": 32, "BLOCK_N": 64}
+    _DQ_META = {"BLOCK_M": 64, "BLOCK_N": 32}
+else:
+    _fwd = triton.autotune(
+        _configs([(128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)]),
+        key=_TUNE_KEY + ["tune_k", "KV_LENS", "PACK_GQA"],
+    )(_fwd_kernel)
+    _fwd_decode = triton.autotune(
+        _configs([(16, 64, 4, 3), (32, 64, 4, 3), (64, 64, 4, 3)]),
+        key=_TUNE_KEY + ["tune_k", "KV_LENS", "PACK_GQA"],
+    )(_fwd_kernel)
+    _dkdv = triton.autotune(
+        _configs([(64, 64, 8, 3), (32, 64, 8, 3), (16, 64, 4, 3)]),
+        key=_TUNE_KEY,
+    )(_bwd_dkdv_kernel)
+    _dq = triton.autotune(
+        _configs([(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3)]),
+        key=_TUNE_KEY,
+    )(_bwd_dq_kernel)
+    _FWD_META = _DECODE_META = _DKDV_META = _DQ_META = {}
+_PRE_BLOCK = 32 if interpreting() else 64
+
+
+def _bucket(n: int) -> int:
+    """Autotune key for a length: powers of two, so nearby lengths share a tuned config."""
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Host side
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check(q, k, v, cu_seqlens):
+    packed = cu_seqlens is not None
+    want = 3 if packed else 4
+    what = "(total, H, D) with cu_seqlens" if packed else "(B, T, H, D)"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != want:
+            raise ValueError(f"flash_attention: {name} must be {what}, got shape {tuple(t.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"flash_attention: k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"flash_attention: q {tuple(q.shape)} and k {tuple(k.shape)} must agree except in heads")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise ValueError(f"flash_attention: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    hq, hkv = q.shape[-2], k.shape[-2]
+    if hq % hkv:
+        raise ValueError(f"flash_attention: query heads ({hq}) must be a multiple of kv heads ({hkv})")
+    if packed:
+        if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(f"flash_attention: cu_seqlens must be 1-D int32 with >= 2 entries, got "
+                             f"{cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
+        if cu_seqlens.device != q.device:
+            raise ValueError(f"flash_attention: cu_seqlens on {cu_seqlens.device}, q on {q.device}")
+
+
+def _check_triton(q):
+    d = q.shape[-1]
+    if d not in _HEAD_DIMS:
+        raise ValueError(f"flash_attention (Triton path): head dim {d} not supported, choose one of {_HEAD_DIMS}")
+    ok = (torch.float16, torch.bfloat16) if q.is_cuda else (torch.float16, torch.bfloat16, torch.float32)
+    if q.dtype not in ok:
+        raise ValueError(f"flash_attention (Triton path on {q.device.type}): dtype {q.dtype} not supported, use {ok}")
+
+
+def _last_contig(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _bths(t, packed):
+    """(batch, token, head) strides; a packed tensor has no batch stride (rows are found through cu_seqlens)."""
+    return (0, t.stride(0), t.stride(1)) if packed else (t.stride(0), t.stride(1), t.stride(2))
+
+
+def _geometry(q, cu_seqlens, max_seqlen):
+    """(number of sequences, longest length, padded length or 0)."""
+    if cu_seqlens is None:
+        return q.shape[0], q.shape[1], q.shape[1]
+    if max_seqlen is None:
+        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item())
+    return cu_seqlens.numel() - 1, int(max_seqlen), 0
+
+
+def _lse_buffer(q, nb, packed):
+    hq = q.shape[-2]
+    if packed:  # (Hq, total): rows indexed by packed position
+        lse = torch.empty(hq, q.shape[0], device=q.device, dtype=torch.float32)
+        return lse, 0, lse.stride(0)
+    lse = torch.empty(nb, hq, q.shape[1], device=q.device, dtype=torch.float32)
+    return lse, lse.stride(0), lse.stride(1)
+
+
+def _forward(q, k, v, causal, cu_seqlens, max_seqlen, scale):
+    packed = cu_seqlens is not None
+    nb, maxlen, seqlen = _geometry(q, cu_seqlens, max_seqlen)
+    hq, hkv, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    o = torch.empty_like(q)
+    lse, slb, slh = _lse_buffer(q, nb, packed)
+    cu = cu_seqlens if packed else lse  # any pointer: unused when not VARLEN
+
+    def grid(meta):
+        return (triton.cdiv(maxlen, meta["BLOCK_M"]), nb * hq)
+
+    _fwd[grid](q, k, v, o, lse, cu, cu, *_bths(q, packed), *_bths(k, packed), *_bths(v, packed), *_bths(o, packed),
+               slb, slh, seqlen, seqlen, scale * LOG2E, _bucket(maxlen), _bucket(maxlen),
+               HQ=hq, GROUP=hq // hkv, HEAD_DIM=d, CAUSAL=causal, VARLEN=packed, KV_LENS=False, PACK_GQA=False,
+               **_FWD_META)
+    return o, lse, slb, slh
+
+
+def _backward(do, q, k, v, o, lse, slb, slh, causal, cu_seqlens, max_seqlen, scale):
+    packed = cu_seqlens is not None
+    nb, maxlen, seqlen = _geometry(q, cu_seqlens, max_seqlen)
+    hq, hkv, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    do = _last_contig(do)
+    delta = torch.empty_like(lse)
+    cu = cu_seqlens if packed else lse
+    _bwd_preprocess[(triton.cdiv(maxlen, _PRE_BLOCK), nb * hq)](
+        o, do, delta, cu, *_bths(o, packed), *_bths(do, packed), slb, slh, seqlen,
+        HQ=hq, HEAD_DIM=d, VARLEN=packed, BLOCK_M=_PRE_BLOCK)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    common = {"HEAD_DIM": d, "GROUP": hq // hkv, "CAUSAL": causal, "VARLEN": packed}
+    _dkdv[lambda meta: (triton.cdiv(maxlen, meta["BLOCK_N"]), nb * hkv)](
+        q, k, v, do, dk, dv, lse, delta, cu, *_bths(q, packed), *_bths(k, packed), *_bths(v, packed),
+        *_bths(do, packed), *_bths(dk, packed), *_bths(dv, packed), slb, slh, seqlen, scale * LOG2E, scale,
+        _bucket(maxlen), HKV=hkv, **common, **_DKDV_META)
+    _dq[lambda meta: (triton.cdiv(maxlen, meta["BLOCK_M"]), nb * hq)](
+        q, k, v, do, dq, lse, delta, cu, *_bths(q, packed), *_bths(k, packed), *_bths(v, packed),
+        *_bths(do, packed), *_bths(dq, packed), slb, slh, seqlen, scale * LOG2E, scale,
+        _bucket(maxlen), HQ=hq, **common, **_DQ_META)
+    return dq, dk, dv
+
+
+class _FlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal, cu_seqlens, max_seqlen, scale):
+        q, k, v = _last_contig(q), _last_contig(k), _last_contig(v)
+        o, lse, slb, slh = _forward(q, k, v, causal, cu_seqlens, max_seqlen, scale)
+        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
+        ctx.args = (slb, slh, causal, max_seqlen, scale)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
+        slb, slh, causal, max_seqlen, scale = ctx.args
+        dq, dk, dv = _backward(do, q, k, v, o, lse, slb, slh, causal, cu_seqlens, max_seqlen, scale)
+        return dq, dk, dv, None, None, None, None
+
+
+def flash_attention(q, k, v, causal=True, cu_seqlens=None, max_seqlen=None, softmax_scale=None):
+    """Attention of q over k/v: padded (B, T, H, D) or packed (total, H, D) with cu_seqlens; GQA when k/v have
+    fewer heads (Hq % Hkv == 0). Differentiable in q, k, v. Returns a tensor shaped like q."""
+    _check(q, k, v, cu_seqlens)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
+    if use_triton(q):
+        _check_triton(q)
+        if cu_seqlens is not None:
+            # the kernels index by cu_seqlens[b]; the grid needs the longest sequence (one sync when not given)
+            _, max_seqlen, _ = _geometry(q, cu_seqlens, max_seqlen)
+        return _FlashAttention.apply(q, k, v, bool(causal), cu_seqlens, max_seqlen, scale)
+    return _sdpa(q, k, v, causal, cu_seqlens, scale)
+
+
+def flash_attention_decode(q, k_cache, v_cache, cache_seqlens, softmax_scale=None):
+    """Attention of Tq new query tokens (the last Tq positions of each sequence, causal among themselves) over a
+    KV cache: q (B, Tq, Hq, D), k_cache/v_cache (B, Tmax, Hkv, D), cache_seqlens (B,) int32 valid lengths that
+    include the new tokens (Tq <= len <= Tmax, the caller's contract). Forward only."""
+    _check_decode(q, k_cache, v_cache)
+    b, tq, hq, d = q.shape
+    if cache_seqlens.dtype != torch.int32 or tuple(cache_seqlens.shape) != (b,):
+        raise ValueError(f"flash_attention_decode: cache_seqlens must be int32 of shape ({b},), got "
+                         f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)}")
+    scale = 1.0 / math.sqrt(d) if softmax_scale is None else float(softmax_scale)
+    if not use_triton(q):
+        return _sdpa_decode(q, k_cache, v_cache, cache_seqlens, scale)
+    _check_triton(q)
+    q, k_cache, v_cache = _last_contig(q), _last_contig(k_cache), _last_contig(v_cache)
+    hkv, tmax = k_cache.shape[2], k_cache.shape[1]
+    o = torch.empty_like(q)
+    no_lse = torch.empty(1, device=q.device, dtype=torch.float32)
+    rows = tq * (hq // hkv)  # the group's query heads share a program (PACK_GQA)
+    small = rows <= 64
+    run = _fwd_decode if small else _fwd
+
+    def grid(meta):
+        return (triton.cdiv(rows, meta["BLOCK_M"]), b * hkv)
+
+    run[grid](q, k_cache, v_cache, o, no_lse, cache_seqlens, cache_seqlens, *_bths(q, False),
+              *_bths(k_cache, False), *_bths(v_cache, False), *_bths(o, False), 0, 0, tq, tmax, scale * LOG2E, _bucket(tq),
+              _bucket(tmax), HQ=hq, GROUP=hq // hkv, HEAD_DIM=d, CAUSAL=True, VARLEN=False, KV_LENS=True,
+              PACK_GQA=True, **(_DECODE_META if small else _FWD_META))
+    return o
+
+
+def _check_decode(q, k_cache, v_cache):
+    if q.dim() != 4 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(f"flash_attention_decode: q must be (B, Tq, Hq, D) and caches (B, Tmax, Hkv, D), got "
+                         f"{tuple(q.shape)}, {tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
+    if q.shape[0] != k_cache.shape[0] or q.shape[3] != k_cache.shape[3] or q.shape[1] > k_cache.shape[1]:
+        raise ValueError(f"flash_attention_decode: q {tuple(q.shape)} does not fit cache {tuple(k_cache.shape)}")
+    if q.dtype != k_cache.dtype or q.dtype != v_cache.dtype:
+        raise ValueError(f"flash_attention_decode: dtypes differ: {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    if q.shape[2] % k_cache.shape[2]:
+        raise ValueError(f"flash_attention_decode: query heads ({q.shape[2]}) must be a multiple of kv heads "
+                         f"({k_cache.shape[2]})")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CPU path: torch SDPA (its fused CPU kernels; differentiable through autograd)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _sdpa_heads(q, k, v, causal, scale, mask=None):
+    """(..., T, H, D) inputs -> SDPA over (..., H, T, D) with native GQA -> (..., T, H, D)."""
+    q, k, v = q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2)
+    gqa = q.shape[-3] != k.shape[-3]
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale,
+                                       enable_gqa=gqa)
+    return o.transpose(-3, -2)
+
+
+def _sdpa(q, k, v, causal, cu_seqlens, scale):
+    if cu_seqlens is None:
+        return _sdpa_heads(q, k, v, causal, scale)
+    # One SDPA call per sequence: no (total x total) mask, and each call takes the fused causal kernel.
+    bounds = cu_seqlens.tolist()
+    outs = [_sdpa_heads(q[s:e], k[s:e], v[s:e], causal, scale) for s, e in itertools.pairwise(bounds) if e > s]
+    return torch.cat(outs, 0) if outs else torch.empty_like(q)
+
+
+def _decode_mask(cache_seqlens, tq, tmax, device):
+    """(B, 1, Tq, Tmax) bool: new token i of sequence b sits at position len_b - Tq + i and sees keys <= it."""
+    pos = cache_seqlens.to(device=device, dtype=torch.long)[:, None] - tq + torch.arange(tq, device=device)
+    return (torch.arange(tmax, device=device)[None, None, :] <= pos[:, :, None])[:, None]
+
+
+def _sdpa_decode(q, k_cache, v_cache, cache_seqlens, scale):
+    tq, tmax = q.shape[1], k_cache.shape[1]
+    lens = cache_seqlens.tolist()
+    if min(lens) < tq or max(lens) > tmax:
+        raise ValueError(f"flash_attention_decode: cache_seqlens must lie in [Tq={tq}, Tmax={tmax}], got {lens}")
+    return _sdpa_heads(q, k_cache, v_cache, False, scale, _decode_mask(cache_seqlens, tq, tmax, q.device))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reference: explicit softmax in the inputs' dtype (any dtype, fp64 included)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def flash_attention_ref(q, k, v, causal=True, cu_seqlens=None, max_seqlen=None, softmax_scale=None):
+    """Plain-torch attention with the same signature and layouts as `flash_attention` (max_seqlen unused)."""
+    _check(q, k, v, cu_seqlens)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
+    if cu_seqlens is None:
+        return torch.stack([_ref_one(q[i], k[i], v[i], causal, scale) for i in range(q.shape[0])])
+    bounds = cu_seqlens.tolist()
+    return torch.cat([_ref_one(q[s:e], k[s:e], v[s:e], causal, scale) for s, e in itertools.pairwise(bounds)])
+
+
+def _ref_one(q, k, v, causal, scale):
+    """One sequence: q (Tq, Hq, D), k/v (Tk, Hkv, D); causal aligned bottom-right (query i sees keys <= i + Tk - Tq)."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    s = torch.einsum("qhd,khd->hqk", q, k) * scale  # (H, Tq, Tk)
+    if causal:
+        tq, tk = q.shape[0], k.shape[0]
+        visible = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+        s = s.masked_fill(~visible, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", torch.softmax(s, dim=-1), v)

@@ -1,0 +1,243 @@
+"""Fused (Q)LoRA linear layer: y = x @ W^T + scale * (x @ A^T) @ B^T, with W frozen and dense or NF4.
+
+Shapes: x (..., K); W (N, K), a Tensor in x's dtype or an `NF4Weight`; A (r, K); B (N, r); y (..., N).
+x, A and B share one dtype (fp32, fp16 or bf16); products accumulate in fp32 and are rounded once at the end.
+
+Forward: xa = x @ A^T (M x r, small, a torch matmul) first; then one Triton kernel over (M, N) tiles starts its
+fp32 accumulator at scale * xa @ B^T and loops over K adding x @ W^T (one accumulator, not two, keeps register
+pressure at that of a plain matmul). For an NF4 weight each W tile is
+dequantized in registers inside that loop (`kernels.nf4._nf4_tile`): the full-precision W never exists
+in memory, only its 4-bit codes and 8-bit absmaxes are read.
+Backward: dyB = dy @ B (M x r, torch); grad_x = scale * dyB @ A + dy @ W is the same kind of kernel over (M, K)
+tiles looping over N, again dequantizing W tiles in place; grad_A = scale * dyB^T @ x and
+grad_B = scale * dy^T @ xa are small torch matmuls. W never gets a gradient.
+
+Dispatch (`kernels._dispatch.use_triton`): CUDA tensors (and CPU tensors under TRITON_INTERPRET=1) run the
+kernels; otherwise `lora_linear_ref` (dequantize, then three torch matmuls) runs. fp32 operands use TF32 in
+the kernels only when torch.backends.cuda.matmul.allow_tf32 is set, as torch itself does.
+Limits: any r (handled in chunks of at most 64); every dimension < 2**31. On CUDA the tile sizes are
+autotuned per (M rounded up to a power of two, N, K, weight kind); under the interpreter one small config runs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels._dispatch import HAS_TRITON, interpreting, use_triton
+from kernels.nf4 import NF4Weight, dequantize_nf4_ref, nf4_kernel_args
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from kernels.nf4 import _nf4_tile
+
+    @triton.jit
+    def _w_tile(w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, n0, k0, N, K, stride_wn,
+                BN: tl.constexpr, BK: tl.constexpr, IS_NF4: tl.constexpr, BS: tl.constexpr, DOUBLE: tl.constexpr,
+                K_DIV_BS: tl.constexpr, DTYPE: tl.constexpr):
+        """W[n0:n0+BN, k0:k0+BK] in DTYPE, zero outside N x K."""
+        if IS_NF4:
+            w = _nf4_tile(n0, k0, N, K, w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, BN, BK, BS,
+                          256, DOUBLE, K_DIV_BS and BK % BS == 0)
+        else:
+            rn = n0 + tl.arange(0, BN)
+            rk = k0 + tl.arange(0, BK)
+            w = tl.load(w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :],
+                        mask=(rn[:, None] < N) & (rk[None, :] < K), other=0.0)
+        return w.to(DTYPE)
+
+    @triton.jit
+    def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+        # Grouped order: GROUP_M row tiles share each column tile while it is hot in L2.
+        pid = tl.program_id(0)
+        n_m, n_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+        group = pid // (GROUP_M * n_n)
+        first_m = group * GROUP_M
+        size_m = min(n_m - first_m, GROUP_M)
+        return first_m + (pid % (GROUP_M * n_n)) % size_m, (pid % (GROUP_M * n_n)) // size_m
+
+    @triton.jit
+    def _fwd_kernel(x_ptr, w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, xa_ptr, b_ptr, y_ptr,
+                    M, N, K, R, scale, stride_xm, stride_wn, stride_xam, stride_bn, stride_ym, M_BUCKET,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+                    GROUP_M: tl.constexpr, IS_NF4: tl.constexpr, BS: tl.constexpr, DOUBLE: tl.constexpr,
+                    K_DIV_BS: tl.constexpr, PRECISION: tl.constexpr):
+        """y tile = x @ W^T + scale * xa @ B^T; M_BUCKET only keys the autotuner."""
+        pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm
+        dtype = x_ptr.dtype.element_ty
+        # The low-rank term first, so that a single fp32 accumulator serves both products.
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        rr = tl.arange(0, BLOCK_R)
+        for r0 in range(0, R, BLOCK_R):
+            xa = tl.load(xa_ptr + rm[:, None].to(tl.int64) * stride_xam + r0 + rr[None, :],
+                         mask=(rm[:, None] < M) & (r0 + rr[None, :] < R), other=0.0)
+            b = tl.load(b_ptr + rn[:, None].to(tl.int64) * stride_bn + r0 + rr[None, :],
+                        mask=(rn[:, None] < N) & (r0 + rr[None, :] < R), other=0.0)
+            acc = tl.dot(xa, tl.trans(b), acc, input_precision=PRECISION)
+        acc *= scale
+        for k0 in range(0, K, BLOCK_K):
+            x = tl.load(x_rows + k0 + rk[None, :], mask=(rm[:, None] < M) & (k0 + rk[None, :] < K), other=0.0)
+            w = _w_tile(w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, pid_n * BLOCK_N, k0, N, K,
+                        stride_wn, BLOCK_N, BLOCK_K, IS_NF4, BS, DOUBLE, K_DIV_BS, dtype)
+            acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
+        tl.store(y_ptr + rm[:, None].to(tl.int64) * stride_ym + rn[None, :], acc.to(dtype),
+                 mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+    @triton.jit
+    def _dx_kernel(dy_ptr, w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, dyb_ptr, a_ptr, dx_ptr,
+                   M, N, K, R, scale, stride_dym, stride_wn, stride_dybm, stride_ar, stride_dxm, M_BUCKET,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+                   GROUP_M: tl.constexpr, IS_NF4: tl.constexpr, BS: tl.constexpr, DOUBLE: tl.constexpr,
+                   K_DIV_BS: tl.constexpr, PRECISION: tl.constexpr):
+        """dx tile = dy @ W + scale * dyB @ A, over (M, K) tiles, looping over N."""
+        pid_m, pid_k = _tile_ids(M, K, BLOCK_M, BLOCK_K, GROUP_M)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        rn = tl.arange(0, BLOCK_N)
+        dy_rows = dy_ptr + rm[:, None].to(tl.int64) * stride_dym
+        dtype = dy_ptr.dtype.element_ty
+        acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        rr = tl.arange(0, BLOCK_R)
+        for r0 in range(0, R, BLOCK_R):
+            dyb = tl.load(dyb_ptr + rm[:, None].to(tl.int64) * stride_dybm + r0 + rr[None, :],
+                          mask=(rm[:, None] < M) & (r0 + rr[None, :] < R), other=0.0)
+            a = tl.load(a_ptr + (r0 + rr[:, None]).to(tl.int64) * stride_ar + rk[None, :],
+                        mask=(r0 + rr[:, None] < R) & (rk[None, :] < K), other=0.0)
+            acc = tl.dot(dyb, a, acc, input_precision=PRECISION)
+        acc *= scale
+        for n0 in range(0, N, BLOCK_N):
+            dy = tl.load(dy_rows + n0 + rn[None, :], mask=(rm[:, None] < M) & (n0 + rn[None, :] < N), other=0.0)
+            w = _w_tile(w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, n0, pid_k * BLOCK_K, N, K,
+                        stride_wn, BLOCK_N, BLOCK_K, IS_NF4, BS, DOUBLE, K_DIV_BS, dtype)
+            acc = tl.dot(dy, w, acc, input_precision=PRECISION)
+        tl.store(dx_ptr + rm[:, None].to(tl.int64) * stride_dxm + rk[None, :], acc.to(dtype),
+                 mask=(rm[:, None] < M) & (rk[None, :] < K))
+
+    # (BLOCK_M, BLOCK of the output columns, BLOCK of the looped dim, warps, stages) per M range: a few candidates
+    # each, since every one costs a compile. Hopper: 128-256 x 128-256 tiles, 8 warps, 3 stages for big M
+    # (the dequantized W tile is shared by BLOCK_M rows); narrow M tiles and a long inner block when decoding.
+    _SHAPES = {
+        "small": [(16, 64, 256, 4, 3), (32, 64, 128, 4, 4)],
+        "mid": [(64, 64, 128, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 3)],
+        "large": [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 128, 8, 3)],
+    }
+
+    def _configs(inner: str):
+        other = "K" if inner == "N" else "N"
+        shapes = dict.fromkeys(s for group in _SHAPES.values() for s in group)  # unique, in order
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_" + other: bo, "BLOCK_" + inner: bi, "GROUP_M": 8},
+                              num_warps=warps, num_stages=stages) for bm, bo, bi, warps, stages in shapes]
+
+    def _pruner(inner: str):
+        other = "K" if inner == "N" else "N"
+
+        def prune(configs, named_args, **kwargs):
+            m = named_args["M_BUCKET"]
+            wanted = _SHAPES["small" if m <= 32 else "mid" if m <= 256 else "large"]
+            shape = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_" + other], c.kwargs["BLOCK_" + inner],
+                               c.num_warps, c.num_stages)
+            return [c for c in configs if shape(c) in wanted]
+
+        return {"early_config_prune": prune}
+
+    _KEY = ["M_BUCKET", "N", "K", "R", "IS_NF4", "DOUBLE"]
+    _fwd_tuned = triton.autotune(_configs("K"), key=_KEY, prune_configs_by=_pruner("K"))(_fwd_kernel)
+    _dx_tuned = triton.autotune(_configs("N"), key=_KEY, prune_configs_by=_pruner("N"))(_dx_kernel)
+    _INTERP = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}  # small: the interpreter is slow
+
+
+def _launch(kernel_raw, kernel_tuned, a, weight, lora, lora_w, out, M, N, K, R, scale, cols_of):
+    """Run the fwd or dx kernel; `cols_of(meta)` gives the number of output column tiles."""
+    nf4 = isinstance(weight, NF4Weight)
+    wargs = nf4_kernel_args(weight) if nf4 else (weight,) * 6
+    precision = "ieee" if a.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
+    meta = {
+        "BLOCK_R": max(16, min(64, triton.next_power_of_2(R))), "IS_NF4": nf4, "BS": weight.blocksize if nf4 else 64,
+        "DOUBLE": nf4 and weight.double_quant, "K_DIV_BS": nf4 and K % weight.blocksize == 0, "PRECISION": precision,
+    }  # fmt: skip
+    args = (a, *wargs, lora, lora_w, out, M, N, K, R, float(scale), a.stride(0), K if nf4 else weight.stride(0),
+            lora.stride(0), lora_w.stride(0), out.stride(0), max(16, min(4096, triton.next_power_of_2(M))))
+    if interpreting() and not a.is_cuda:
+        kernel_raw[(triton.cdiv(M, _INTERP["BLOCK_M"]) * cols_of(_INTERP),)](*args, **meta, **_INTERP)
+    else:
+        grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]) * cols_of(m),)
+        kernel_tuned[grid](*args, **meta, enable_fp_fusion=False)  # unfused absmax math, as in nf4.py
+
+
+class _LoraLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, lora_a, lora_b, scale):
+        K, N, R = x.shape[-1], lora_b.shape[0], lora_a.shape[0]
+        x2 = x.reshape(-1, K).contiguous()
+        M = x2.shape[0]
+        xa = x2 @ lora_a.t()  # (M, r)
+        y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+        _launch(_fwd_kernel, _fwd_tuned, x2, weight, xa, lora_b, y, M, N, K, R, scale,
+                lambda m: triton.cdiv(N, m["BLOCK_N"]))
+        ctx.weight, ctx.scale = weight, scale
+        ctx.save_for_backward(x2, xa, lora_a, lora_b)
+        return y.view(*x.shape[:-1], N)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, xa, lora_a, lora_b = ctx.saved_tensors
+        (M, K), N, R = x2.shape, lora_b.shape[0], lora_a.shape[0]
+        dy2 = dy.reshape(-1, N).contiguous()
+        dyb = dy2 @ lora_b  # (M, r)
+        dx = da = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty((M, K), dtype=dy.dtype, device=dy.device)
+            _launch(_dx_kernel, _dx_tuned, dy2, ctx.weight, dyb, lora_a, dx, M, N, K, R, ctx.scale,
+                    lambda m: triton.cdiv(K, m["BLOCK_K"]))
+            dx = dx.view(*dy.shape[:-1], K)
+        if ctx.needs_input_grad[2]:
+            da = (dyb.t() @ x2).mul_(ctx.scale)
+        if ctx.needs_input_grad[3]:
+            db = (dy2.t() @ xa).mul_(ctx.scale)
+        return dx, None, da, db, None
+
+
+def _check(x, weight, lora_a, lora_b):
+    dense = isinstance(weight, torch.Tensor)
+    if not dense and not isinstance(weight, NF4Weight):
+        raise TypeError(f"lora_linear: weight must be a Tensor or NF4Weight, got {type(weight).__name__}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"lora_linear: x dtype {x.dtype} not supported; choose float32, float16 or bfloat16")
+    if len(weight.shape) != 2 or lora_a.dim() != 2 or lora_b.dim() != 2:
+        raise ValueError("lora_linear: weight (N, K), lora_a (r, K) and lora_b (N, r) must be 2-D")
+    (N, K), r = weight.shape, lora_a.shape[0]
+    if x.shape[-1] != K or lora_a.shape[1] != K or tuple(lora_b.shape) != (N, r):
+        raise ValueError(f"lora_linear: shapes do not fit: x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
+                         f"lora_a {tuple(lora_a.shape)}, lora_b {tuple(lora_b.shape)}; need x (..., K), weight (N, K), "
+                         "lora_a (r, K), lora_b (N, r)")  # fmt: skip
+    for name, t in (("lora_a", lora_a), ("lora_b", lora_b)) + ((("weight", weight),) if dense else ()):
+        if t.dtype != x.dtype:
+            raise ValueError(f"lora_linear: {name} dtype {t.dtype} differs from x dtype {x.dtype}")
+    devices = {x.device, lora_a.device, lora_b.device, weight.device}
+    if len(devices) != 1:
+        raise ValueError(f"lora_linear: all operands must be on one device, got {sorted(map(str, devices))}")
+
+
+def lora_linear(x: torch.Tensor, weight: torch.Tensor | NF4Weight, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                scale: float) -> torch.Tensor:  # fmt: skip
+    """y = x @ W^T + scale * (x @ lora_a^T) @ lora_b^T; differentiable in x, lora_a and lora_b (W is frozen)."""
+    _check(x, weight, lora_a, lora_b)
+    if not use_triton(x) or x.numel() == 0:
+        return lora_linear_ref(x, weight, lora_a, lora_b, scale)
+    if isinstance(weight, torch.Tensor):
+        weight = weight.detach().contiguous()
+    return _LoraLinear.apply(x, weight, lora_a.contiguous(), lora_b.contiguous(), scale)
+
+
+def lora_linear_ref(x: torch.Tensor, weight: torch.Tensor | NF4Weight, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                    scale: float) -> torch.Tensor:  # fmt: skip
+    """Plain torch: dequantize W (if NF4) to x's dtype, then three matmuls. Gradients for x, lora_a, lora_b."""
+    w = dequantize_nf4_ref(weight, x.dtype) if isinstance(weight, NF4Weight) else weight.detach()
+    return torch.add(F.linear(x, w), F.linear(F.linear(x, lora_a), lora_b), alpha=scale)
+

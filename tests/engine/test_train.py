@@ -1,0 +1,120 @@
+"""Training: a run killed mid-way and resumed gives the uninterrupted run's loss curve; a non-finite loss stops
+with the last good checkpoint kept; bad configurations fail with one clear line; outputs are complete."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.train import TrainConfig, TrainError, _checkpoints, parse_config, train
+
+TINY = ["--model", "debug", "--random-init", "--max-seq-len", "256", "--global-batch-size", "2",
+        "--micro-batch-size", "1", "--lr", "1e-3", "--lora-rank", "4"]
+
+
+def _losses(out: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+
+
+def _cmd(out, *extra):
+    return [sys.executable, "-m", "engine.train", *TINY, "--steps", "8", "--save-every", "2", "--out", str(out),
+            *extra]
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full = subprocess.run(_cmd(tmp_path / "full"), capture_output=True, text=True, timeout=600, env=env)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (out / "metrics.jsonl").is_file() and len(_losses(out)) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "adapter").exists(), "the run finished before it could be killed"
+    resumed_from = int(_checkpoints(out)[-1].name.split("-")[1])
+    assert 2 <= resumed_from < 8
+    again = subprocess.run(_cmd(out, "--resume"), capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resumed from" in again.stdout
+    assert _losses(out) == _losses(tmp_path / "full")  # fp32 on CPU: the same arithmetic, bit for bit
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "loss.png").is_file()
+
+
+def test_partial_checkpoint_is_ignored(tmp_path):
+    cfg = parse_config([*TINY, "--steps", "2", "--save-every", "1", "--out", str(tmp_path)])
+    train(cfg)
+    (tmp_path / "checkpoints" / "step-3.tmp").mkdir()  # a write killed before its rename
+    (tmp_path / "checkpoints" / "step-3.tmp" / "state-rank0.pt").write_bytes(b"partial")
+    assert [p.name for p in _checkpoints(tmp_path)] == ["step-1", "step-2"]
+    cfg = parse_config([*TINY, "--steps", "3", "--save-every", "1", "--out", str(tmp_path), "--resume"])
+    last = train(cfg)
+    assert last["step"] == 3
+    assert [s for s, _ in _losses(tmp_path)] == [1, 2, 3]
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from engine.model import Transformer
+
+    calls = {"n": 0}
+    real = Transformer.loss
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        loss = real(self, *a, **k)
+        return loss * float("nan") if calls["n"] > 4 else loss  # steps 1-2 fine (2 micro-batches each)
+
+    monkeypatch.setattr(Transformer, "loss", flaky)
+    cfg = parse_config([*TINY, "--steps", "5", "--save-every", "1", "--out", str(tmp_path)])
+    with pytest.raises(TrainError, match=r"loss became nan at step 3.*step-2"):
+        train(cfg)
+    assert [p.name for p in _checkpoints(tmp_path)][-1] == "step-2"
+    assert [s for s, _ in _losses(tmp_path)] == [1, 2]
+
+
+def test_8b_without_weights_is_a_clear_error():
+    r = subprocess.run([sys.executable, "-m", "engine.train", "--size", "8b", "--qlora"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2
+    assert "needs weights: pass --checkpoint DIR" in r.stderr and "--random-init" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_config_file_and_flags(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("lr: 0.0005\nepochs: 1\nlora_rank: 8\nmode: lora\n")
+    cfg = parse_config(["--config", str(f), "--lora-rank", "4", "--qlora"])
+    assert (cfg.lr, cfg.epochs, cfg.lora_rank, cfg.mode) == (5e-4, 1.0, 4, "qlora")
+    assert TrainConfig() == parse_config([])  # defaults live in TrainConfig alone
+    f.write_text("learning_rate: 1\n")
+    with pytest.raises(ValueError, match="unknown keys.*learning_rate"):
+        parse_config(["--config", str(f)])
+    with pytest.raises(ValueError, match="multiple of"):
+        parse_config(["--global-batch-size", "6", "--micro-batch-size", "4"])
+
+
+def test_smollm2_qlora_steps_produce_a_working_adapter(tmp_path):
+    import engine
+    from engine.lora import lora_modules
+
+    cfg = parse_config(["--steps", "2", "--max-seq-len", "384", "--global-batch-size", "1", "--lr", "1e-3",
+                        "--out", str(tmp_path)])
+    assert (cfg.model, cfg.mode, cfg.lora_rank, cfg.lora_alpha) == ("smollm2-135m", "qlora", 16, 32.0)
+    last = train(cfg)
+    assert torch.isfinite(torch.tensor(last["loss"]))
+    cfgj = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert cfgj["target_modules"] == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                             "down_proj"])
+    model, tok = engine.load("smollm2-135m", adapter=tmp_path / "adapter")
+    assert len(lora_modules(model)) == 30 * 7
+    assert any(m.lora_B.abs().max() > 0 for m in lora_modules(model).values())

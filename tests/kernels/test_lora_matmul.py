@@ -1,0 +1,108 @@
+"""Fused (Q)LoRA linear against an fp64 reference: forward and the gradients of x, lora_a and lora_b.
+
+Bound: our error is at most 2x the error of PyTorch computing the same layer in the same precision (plus a
+sixteenth of the dtype's epsilon times the largest reference value, so that a torch result that happens to be
+exact does not demand an exact kernel). The NF4 reference uses the weight bitsandbytes-exactly dequantized (tests/kernels/test_nf4.py), so
+both sides see the same W. On CPU the kernels run in Triton's interpreter (fp16/fp32); bf16 runs on a GPU.
+"""
+
+import pytest
+import torch
+
+from kernels.lora_matmul import lora_linear, lora_linear_ref
+from kernels.nf4 import dequantize_nf4_ref, quantize_nf4
+
+# (leading dims of x, K, N, rank, dtype, NF4?): M = 1, 37, 513; K and N off the 32/64 tile sizes; K % 64 == 0
+# takes the NF4 kernel's row-aligned path, other K its general path.
+CASES = [
+    ((1,), 96, 40, 8, torch.float16, True),
+    ((37,), 128, 70, 16, torch.float16, True),
+    ((2, 19), 130, 48, 64, torch.float32, False),
+    ((513,), 192, 72, 16, torch.float32, True),
+    ((513,), 100, 65, 8, torch.float16, False),
+    ((3, 5, 7), 64, 33, 64, torch.float32, True),
+    ((37,), 200, 130, 16, torch.float16, True),
+]
+GPU_CASES = [
+    ((4, 1024), 4096, 1024, 16, torch.bfloat16, True),
+    ((513,), 1000, 777, 64, torch.bfloat16, True),
+    ((37,), 320, 130, 8, torch.bfloat16, False),
+    ((1,), 256, 512, 16, torch.float16, True),
+    ((257,), 384, 200, 16, torch.float32, True),
+]
+SCALE = 2.0  # lora_alpha / r as PEFT would set it
+
+
+def _inputs(lead, K, N, r, dtype, nf4, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, K, generator=g).to(device, dtype)
+    w = (torch.randn(N, K, generator=g) / K**0.5).to(device, dtype)
+    a = (torch.randn(r, K, generator=g) / K**0.5).to(device, dtype)
+    b = (torch.randn(N, r, generator=g) / r**0.5).to(device, dtype)
+    dy = torch.randn(*lead, N, generator=g).to(device, dtype)
+    return x, (quantize_nf4(w) if nf4 else w), a, b, dy
+
+
+def _forward_backward(fn, x, w, a, b, dy):
+    x, a, b = (t.detach().clone().requires_grad_() for t in (x, a, b))
+    y = fn(x, w, a, b, SCALE)
+    return [y.detach(), *torch.autograd.grad(y, (x, a, b), dy)]
+
+
+def _reference64(x, w, a, b, dy):
+    dense = dequantize_nf4_ref(w, torch.float32) if not isinstance(w, torch.Tensor) else w
+    x, a, b = (t.detach().double().requires_grad_() for t in (x, a, b))
+    y = x @ dense.double().T + SCALE * (x @ a.T) @ b.T
+    return [y.detach(), *torch.autograd.grad(y, (x, a, b), dy.double())]
+
+
+def _check(lead, K, N, r, dtype, nf4, device, seed):
+    x, w, a, b, dy = _inputs(lead, K, N, r, dtype, nf4, device, seed)
+    ours = _forward_backward(lora_linear, x, w, a, b, dy)
+    torch_same = _forward_backward(lora_linear_ref, x, w, a, b, dy)  # dequantize + torch matmuls in `dtype`
+    ref = _reference64(x, w, a, b, dy)
+    for name, o, t, r64 in zip(("y", "grad_x", "grad_a", "grad_b"), ours, torch_same, ref):
+        assert o.shape == r64.shape and o.dtype == dtype, name
+        err = (o.double() - r64).abs().max().item()
+        torch_err = (t.double() - r64).abs().max().item()
+        tiny = torch.finfo(dtype).eps / 16 * r64.abs().max().item()
+        assert err <= 2 * torch_err + tiny, f"{name}: error {err:.3g} vs torch {torch_err:.3g}"
+
+
+@pytest.mark.parametrize("lead,K,N,r,dtype,nf4", CASES)
+def test_against_fp64(lead, K, N, r, dtype, nf4):
+    _check(lead, K, N, r, dtype, nf4, "cpu", seed=K * N + r)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lead,K,N,r,dtype,nf4", GPU_CASES)
+def test_against_fp64_cuda(lead, K, N, r, dtype, nf4):
+    _check(lead, K, N, r, dtype, nf4, "cuda", seed=K + N + r)
+
+
+def test_weight_gets_no_gradient():
+    x, w, a, b, dy = _inputs((5,), 64, 48, 8, torch.float32, False, "cpu", seed=0)
+    w.requires_grad_()
+    x.requires_grad_()
+    (lora_linear(x, w, a, b, SCALE) * dy).sum().backward()
+    assert w.grad is None and x.grad is not None
+
+
+def test_cpu_default_path_is_the_reference(monkeypatch):
+    # Without the interpreter, CPU tensors take lora_linear_ref (what the engine runs on a CPU).
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, w, a, b, dy = _inputs((2, 9), 128, 40, 8, torch.float32, True, "cpu", seed=1)
+    got = _forward_backward(lora_linear, x, w, a, b, dy)
+    want = _forward_backward(lora_linear_ref, x, w, a, b, dy)
+    for g, e in zip(got, want):
+        assert torch.equal(g, e)
+
+
+def test_bad_input():
+    x, w, a, b, _ = _inputs((3,), 64, 32, 8, torch.float32, False, "cpu", seed=2)
+    with pytest.raises(ValueError, match="shapes"):
+        lora_linear(x, w, a, b.T.contiguous(), SCALE)
+    with pytest.raises(ValueError, match="dtype"):
+        lora_linear(x, w.half(), a, b, SCALE)
+    with pytest.raises(TypeError, match="NF4Weight"):
+        lora_linear(x, w.numpy(), a, b, SCALE)
