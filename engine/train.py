@@ -9,8 +9,10 @@ Defaults are the CoALM recipe: LoRA rank 16, alpha 32 on all linear layers, lr 1
 steps then linear decay, AdamW (fused on CUDA) without weight decay, grad clip 1.0, 3 epochs, global batch 8, bf16 on
 GPU (fp32 on CPU), loss on the assistant turn only, packed batches with varlen attention, fused cross-entropy.
 
-A batch element is one packed bucket of up to --max-seq-len tokens (several rows, attention never crossing rows);
---global-batch-size buckets make one optimizer step, --micro-batch-size of them go through the model at once.
+A batch counts rows (examples), as the paper does: --global-batch-size rows make one optimizer step, and
+--micro-batch-size of them go through the model at once, packed into one padding-free row whose attention never
+crosses examples (varlen attention on cu_seqlens). Rows longer than --max-seq-len are cut from the left of the
+prompt, never in the target.
 Outputs in --out: adapter/ (PEFT format), metrics.jsonl, loss.png, config.yaml, checkpoints/step-N/.
 """
 
@@ -41,8 +43,8 @@ class TrainConfig:
     epochs: float = 3.0
     steps: int | None = None  # overrides epochs
     max_seq_len: int = 1024
-    micro_batch_size: int = 1
-    global_batch_size: int = 8
+    micro_batch_size: int = 8  # rows per forward pass (packed)
+    global_batch_size: int = 8  # rows per optimizer step
     lr: float = 1e-4
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -234,33 +236,19 @@ def lr_lambda(total_steps: int, warmup_ratio: float):
     return f
 
 
-def step_batches(batches: list[dict], step: int, cfg: TrainConfig, steps_per_epoch: int) -> list[list[dict]]:
-    """The micro-batches of optimizer step `step`: a seeded per-epoch order, so a resumed run sees the same data."""
+def step_rows(n_rows: int, step: int, cfg: TrainConfig, steps_per_epoch: int) -> list[list[int]]:
+    """Row indices of each micro-batch of optimizer step `step`: a seeded order per epoch, so that a resumed run
+    sees exactly the data the uninterrupted one would."""
     epoch, k = divmod(step, steps_per_epoch)
-    order = list(range(len(batches)))
+    order = list(range(n_rows))
     random.Random(cfg.seed * 100003 + epoch).shuffle(order)
-    chosen = [batches[i] for i in order[k * cfg.global_batch_size:(k + 1) * cfg.global_batch_size]]
+    chosen = order[k * cfg.global_batch_size:(k + 1) * cfg.global_batch_size]
     return [chosen[i:i + cfg.micro_batch_size] for i in range(0, len(chosen), cfg.micro_batch_size)]
 
 
-def collate(group: list[dict], device) -> dict:
-    """Concatenate packed buckets into one packed row: varlen attention keeps them apart."""
-    cu, offset = [0], 0
-    for b in group:
-        cu += [offset + int(x) for x in b["cu_seqlens"][1:]]
-        offset = cu[-1]
-    return {
-        "tokens": torch.cat([b["input_ids"] for b in group], 1).to(device),
-        "labels": torch.cat([b["labels"] for b in group], 1).to(device),
-        "positions": torch.cat([b["position_ids"] for b in group], 1).to(device),
-        "cu_seqlens": torch.tensor(cu, dtype=torch.int32, device=device),
-        "max_seqlen": max(b["max_seqlen"] for b in group),
-    }
-
-
-def n_targets(group: list[dict]) -> int:
-    """Tokens that carry loss after the shift (the first token of each row is never a target)."""
-    return sum(int((b["labels"] != -100).sum()) for b in group)
+def n_targets(rendered, index: list[int]) -> int:
+    """Tokens that carry loss (after the shift each row's own target tokens; its first token is never one)."""
+    return sum(sum(t != -100 for t in rendered[i][1]) for i in index)
 
 
 def peak_memory_mb(device) -> float:
@@ -274,6 +262,7 @@ def peak_memory_mb(device) -> float:
 # -------------------------------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig) -> dict:
     from coalm import data as cdata
+    from coalm.data.pack import make_batch
 
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
@@ -291,12 +280,13 @@ def train(cfg: TrainConfig) -> dict:
     rows = [r for spec in cfg.data for r in cdata.load(spec, skip_invalid=cfg.skip_invalid, report=report)]
     if report.get("skipped"):
         print0(f"skipped {report['skipped']} invalid rows: {report.get('reasons', {})}")
-    batches, stats = cdata.build_batches(rows, tok, cfg.max_seq_len, seed=None)
-    if not batches:
+    rendered, rstats = cdata.render_rows(rows, tok, max_len=cfg.max_seq_len)
+    if not rendered:
         raise ValueError("no training rows left after rendering (all targets longer than --max-seq-len?)")
-    print0(f"data: {stats['input_rows']} rows -> {stats['buckets']} packed buckets of <= {cfg.max_seq_len} tokens "
-           f"(efficiency {stats['efficiency']:.0%}, {stats['truncated']} truncated, {stats['dropped']} dropped)")
-    steps_per_epoch = math.ceil(len(batches) / cfg.global_batch_size)
+    n_tok = sum(len(x) for x, _ in rendered)
+    print0(f"data: {len(rows)} rows, {n_tok} tokens ({rstats.truncated} truncated, {rstats.dropped} dropped: "
+           f"target longer than --max-seq-len {cfg.max_seq_len})")
+    steps_per_epoch = math.ceil(len(rendered) / cfg.global_batch_size)
     total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -327,15 +317,15 @@ def train(cfg: TrainConfig) -> dict:
     last = {}
     for step in bar:
         t0 = time.perf_counter()
-        micro = step_batches(batches, step, cfg, steps_per_epoch)
-        counts = [n_targets(g) for g in micro]
+        micro = step_rows(len(rendered), step, cfg, steps_per_epoch)
+        counts = [n_targets(rendered, idx) for idx in micro]
         total_targets = max(1, sum(counts))
         loss_sum, tokens = 0.0, 0
-        for group, count in zip(micro, counts):
-            b = collate(group, device)
-            tokens += b["tokens"].numel()
+        for idx, count in zip(micro, counts):
+            b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in make_batch(rendered, idx).items()}
+            tokens += b["input_ids"].numel()
             try:
-                loss = model.loss(b["tokens"], b["labels"], b["positions"], b["cu_seqlens"], b["max_seqlen"])
+                loss = model.loss(b["input_ids"], b["labels"], b["position_ids"], b["cu_seqlens"], b["max_seqlen"])
                 # mean over every target token of the step, however they fall into micro-batches
                 (loss * (count / total_targets)).backward()
             except torch.cuda.OutOfMemoryError as e:

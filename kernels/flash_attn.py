@@ -557,9 +557,9 @@ def flash_attention_decode(q, k_cache, v_cache, cache_seqlens, softmax_scale=Non
     include the new tokens (Tq <= len <= Tmax, the caller's contract). Forward only."""
     _check_decode(q, k_cache, v_cache)
     b, tq, hq, d = q.shape
-    if cache_seqlens.dtype != torch.int32 or tuple(cache_seqlens.shape) != (b,):
-        raise ValueError(f"flash_attention_decode: cache_seqlens must be int32 of shape ({b},), got "
-                         f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)}")
+    if cache_seqlens.dtype != torch.int32 or tuple(cache_seqlens.shape) != (b,) or cache_seqlens.device != q.device:
+        raise ValueError(f"flash_attention_decode: cache_seqlens must be int32 of shape ({b},) on {q.device}, got "
+                         f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)} on {cache_seqlens.device}")
     scale = 1.0 / math.sqrt(d) if softmax_scale is None else float(softmax_scale)
     if not use_triton(q):
         return _sdpa_decode(q, k_cache, v_cache, cache_seqlens, scale)

@@ -15,8 +15,11 @@ grad_B = scale * dy^T @ xa are small torch matmuls. W never gets a gradient.
 Dispatch (`kernels._dispatch.use_triton`): CUDA tensors (and CPU tensors under TRITON_INTERPRET=1) run the
 kernels; otherwise `lora_linear_ref` (dequantize, then three torch matmuls) runs. fp32 operands use TF32 in
 the kernels only when torch.backends.cuda.matmul.allow_tf32 is set, as torch itself does.
-Limits: any r (handled in chunks of at most 64); every dimension < 2**31. On CUDA the tile sizes are
-autotuned per (M rounded up to a power of two, N, K, weight kind); under the interpreter one small config runs.
+NF4 tiles: with K % blocksize == 0 (every Llama shape) quantization blocks lie inside rows and a tile is
+dequantized block by block (one absmax per 64 values, each byte read once); otherwise value by value.
+Limits: any r (handled in chunks of at most 64); every dimension < 2**31, N * K < 2**36. On CUDA the tile
+sizes are autotuned per (M rounded up to a power of two, N, K, r, weight kind) among 2-4 configs per M
+range; under the interpreter one small config runs.
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ if HAS_TRITON:
             w = _nf4_tile(n0, k0, N, K, w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, BN, BK, BS,
                           256, DOUBLE, K_DIV_BS and BK % BS == 0)
         else:
-            rn = n0 + tl.arange(0, BN)
-            rk = k0 + tl.arange(0, BK)
-            w = tl.load(w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :],
-                        mask=(rn[:, None] < N) & (rk[None, :] < K), other=0.0)
+            ln = tl.arange(0, BN)
+            lk = tl.arange(0, BK)
+            origin = w_ptr + tl.cast(n0, tl.int64) * stride_wn + k0
+            w = tl.load(origin + ln[:, None] * stride_wn + lk[None, :],
+                        mask=(n0 + ln[:, None] < N) & (k0 + lk[None, :] < K), other=0.0)
         return w.to(DTYPE)
 
     @triton.jit
@@ -59,35 +63,49 @@ if HAS_TRITON:
         return first_m + (pid % (GROUP_M * n_n)) % size_m, (pid % (GROUP_M * n_n)) // size_m
 
     @triton.jit
+    def _low_rank(acc, u_ptr, v_ptr, m0, c0, M, C, R, stride_um, stride_v, V_ROWS_ARE_C: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, PRECISION: tl.constexpr):
+        """acc + U[m0:+BM, :] @ V^T (V (C, R) when V_ROWS_ARE_C, else V (R, C)) over R in BLOCK_R chunks."""
+        lm = tl.arange(0, BLOCK_M)
+        lc = tl.arange(0, BLOCK_C)
+        lr = tl.arange(0, BLOCK_R)
+        u_origin = u_ptr + tl.cast(m0, tl.int64) * stride_um
+        for r0 in range(0, R, BLOCK_R):
+            u = tl.load(u_origin + lm[:, None] * stride_um + r0 + lr[None, :],
+                        mask=(m0 + lm[:, None] < M) & (r0 + lr[None, :] < R), other=0.0)
+            if V_ROWS_ARE_C:  # V (C, R): load its (BLOCK_R, BLOCK_C) transpose
+                v = tl.load(v_ptr + tl.cast(c0, tl.int64) * stride_v + r0 + lc[None, :] * stride_v + lr[:, None],
+                            mask=(c0 + lc[None, :] < C) & (r0 + lr[:, None] < R), other=0.0)
+            else:  # V (R, C)
+                v = tl.load(v_ptr + c0 + (r0 + lr[:, None]) * stride_v + lc[None, :],
+                            mask=(r0 + lr[:, None] < R) & (c0 + lc[None, :] < C), other=0.0)
+            acc = tl.dot(u, v, acc, input_precision=PRECISION)
+        return acc
+
+    @triton.jit
     def _fwd_kernel(x_ptr, w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, xa_ptr, b_ptr, y_ptr,
                     M, N, K, R, scale, stride_xm, stride_wn, stride_xam, stride_bn, stride_ym, M_BUCKET,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
                     GROUP_M: tl.constexpr, IS_NF4: tl.constexpr, BS: tl.constexpr, DOUBLE: tl.constexpr,
                     K_DIV_BS: tl.constexpr, PRECISION: tl.constexpr):
-        """y tile = x @ W^T + scale * xa @ B^T; M_BUCKET only keys the autotuner."""
+        """y tile = scale * xa @ B^T + x @ W^T; M_BUCKET only keys the autotuner."""
         pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        rk = tl.arange(0, BLOCK_K)
-        x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm
+        m0, n0 = pid_m * BLOCK_M, pid_n * BLOCK_N
+        lm, ln, lk = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_K)
         dtype = x_ptr.dtype.element_ty
         # The low-rank term first, so that a single fp32 accumulator serves both products.
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        rr = tl.arange(0, BLOCK_R)
-        for r0 in range(0, R, BLOCK_R):
-            xa = tl.load(xa_ptr + rm[:, None].to(tl.int64) * stride_xam + r0 + rr[None, :],
-                         mask=(rm[:, None] < M) & (r0 + rr[None, :] < R), other=0.0)
-            b = tl.load(b_ptr + rn[:, None].to(tl.int64) * stride_bn + r0 + rr[None, :],
-                        mask=(rn[:, None] < N) & (r0 + rr[None, :] < R), other=0.0)
-            acc = tl.dot(xa, tl.trans(b), acc, input_precision=PRECISION)
-        acc *= scale
+        acc = _low_rank(acc, xa_ptr, b_ptr, m0, n0, M, N, R, stride_xam, stride_bn, True, BLOCK_M, BLOCK_N, BLOCK_R,
+                        PRECISION) * scale
+        x_ptrs = x_ptr + tl.cast(m0, tl.int64) * stride_xm + lm[:, None] * stride_xm + lk[None, :]
         for k0 in range(0, K, BLOCK_K):
-            x = tl.load(x_rows + k0 + rk[None, :], mask=(rm[:, None] < M) & (k0 + rk[None, :] < K), other=0.0)
-            w = _w_tile(w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, pid_n * BLOCK_N, k0, N, K,
-                        stride_wn, BLOCK_N, BLOCK_K, IS_NF4, BS, DOUBLE, K_DIV_BS, dtype)
+            x = tl.load(x_ptrs, mask=(m0 + lm[:, None] < M) & (k0 + lk[None, :] < K), other=0.0)
+            w = _w_tile(w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, n0, k0, N, K, stride_wn,
+                        BLOCK_N, BLOCK_K, IS_NF4, BS, DOUBLE, K_DIV_BS, dtype)
             acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
-        tl.store(y_ptr + rm[:, None].to(tl.int64) * stride_ym + rn[None, :], acc.to(dtype),
-                 mask=(rm[:, None] < M) & (rn[None, :] < N))
+            x_ptrs += BLOCK_K
+        y_ptrs = y_ptr + tl.cast(m0, tl.int64) * stride_ym + n0 + lm[:, None] * stride_ym + ln[None, :]
+        tl.store(y_ptrs, acc.to(dtype), mask=(m0 + lm[:, None] < M) & (n0 + ln[None, :] < N))
 
     @triton.jit
     def _dx_kernel(dy_ptr, w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, dyb_ptr, a_ptr, dx_ptr,
@@ -95,37 +113,35 @@ if HAS_TRITON:
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
                    GROUP_M: tl.constexpr, IS_NF4: tl.constexpr, BS: tl.constexpr, DOUBLE: tl.constexpr,
                    K_DIV_BS: tl.constexpr, PRECISION: tl.constexpr):
-        """dx tile = dy @ W + scale * dyB @ A, over (M, K) tiles, looping over N."""
+        """dx tile = scale * dyB @ A + dy @ W, over (M, K) tiles, looping over N."""
         pid_m, pid_k = _tile_ids(M, K, BLOCK_M, BLOCK_K, GROUP_M)
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        rn = tl.arange(0, BLOCK_N)
-        dy_rows = dy_ptr + rm[:, None].to(tl.int64) * stride_dym
+        m0, k0 = pid_m * BLOCK_M, pid_k * BLOCK_K
+        lm, ln, lk = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_K)
         dtype = dy_ptr.dtype.element_ty
         acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-        rr = tl.arange(0, BLOCK_R)
-        for r0 in range(0, R, BLOCK_R):
-            dyb = tl.load(dyb_ptr + rm[:, None].to(tl.int64) * stride_dybm + r0 + rr[None, :],
-                          mask=(rm[:, None] < M) & (r0 + rr[None, :] < R), other=0.0)
-            a = tl.load(a_ptr + (r0 + rr[:, None]).to(tl.int64) * stride_ar + rk[None, :],
-                        mask=(r0 + rr[:, None] < R) & (rk[None, :] < K), other=0.0)
-            acc = tl.dot(dyb, a, acc, input_precision=PRECISION)
-        acc *= scale
+        acc = _low_rank(acc, dyb_ptr, a_ptr, m0, k0, M, K, R, stride_dybm, stride_ar, False, BLOCK_M, BLOCK_K, BLOCK_R,
+                        PRECISION) * scale
+        dy_ptrs = dy_ptr + tl.cast(m0, tl.int64) * stride_dym + lm[:, None] * stride_dym + ln[None, :]
         for n0 in range(0, N, BLOCK_N):
-            dy = tl.load(dy_rows + n0 + rn[None, :], mask=(rm[:, None] < M) & (n0 + rn[None, :] < N), other=0.0)
-            w = _w_tile(w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, n0, pid_k * BLOCK_K, N, K,
-                        stride_wn, BLOCK_N, BLOCK_K, IS_NF4, BS, DOUBLE, K_DIV_BS, dtype)
+            dy = tl.load(dy_ptrs, mask=(m0 + lm[:, None] < M) & (n0 + ln[None, :] < N), other=0.0)
+            w = _w_tile(w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, n0, k0, N, K, stride_wn,
+                        BLOCK_N, BLOCK_K, IS_NF4, BS, DOUBLE, K_DIV_BS, dtype)
             acc = tl.dot(dy, w, acc, input_precision=PRECISION)
-        tl.store(dx_ptr + rm[:, None].to(tl.int64) * stride_dxm + rk[None, :], acc.to(dtype),
-                 mask=(rm[:, None] < M) & (rk[None, :] < K))
+            dy_ptrs += BLOCK_N
+        dx_ptrs = dx_ptr + tl.cast(m0, tl.int64) * stride_dxm + k0 + lm[:, None] * stride_dxm + lk[None, :]
+        tl.store(dx_ptrs, acc.to(dtype), mask=(m0 + lm[:, None] < M) & (k0 + lk[None, :] < K))
 
     # (BLOCK_M, BLOCK of the output columns, BLOCK of the looped dim, warps, stages) per M range: a few candidates
     # each, since every one costs a compile. Hopper: 128-256 x 128-256 tiles, 8 warps, 3 stages for big M
     # (the dequantized W tile is shared by BLOCK_M rows); narrow M tiles and a long inner block when decoding.
+    # The element-wise NF4 path (K % blocksize != 0) gathers every value: two stages keep it in shared memory.
     _SHAPES = {
-        "small": [(16, 64, 256, 4, 3), (32, 64, 128, 4, 4)],
-        "mid": [(64, 64, 128, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 3)],
-        "large": [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 128, 8, 3)],
+        ("tiled", "small"): [(16, 64, 256, 4, 3), (32, 64, 128, 4, 4)],
+        ("tiled", "mid"): [(64, 64, 128, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 3)],
+        ("tiled", "large"): [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 128, 8, 3)],
+        ("gather", "small"): [(16, 64, 64, 4, 2), (32, 64, 64, 4, 2)],
+        ("gather", "mid"): [(64, 64, 64, 4, 2), (128, 64, 64, 8, 2)],
+        ("gather", "large"): [(128, 64, 64, 8, 2), (128, 128, 64, 8, 2)],
     }
 
     def _configs(inner: str):
@@ -139,14 +155,15 @@ if HAS_TRITON:
 
         def prune(configs, named_args, **kwargs):
             m = named_args["M_BUCKET"]
-            wanted = _SHAPES["small" if m <= 32 else "mid" if m <= 256 else "large"]
+            kind = "gather" if kwargs["IS_NF4"] and not kwargs["K_DIV_BS"] else "tiled"
+            wanted = _SHAPES[kind, "small" if m <= 32 else "mid" if m <= 256 else "large"]
             shape = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_" + other], c.kwargs["BLOCK_" + inner],
                                c.num_warps, c.num_stages)
             return [c for c in configs if shape(c) in wanted]
 
         return {"early_config_prune": prune}
 
-    _KEY = ["M_BUCKET", "N", "K", "R", "IS_NF4", "DOUBLE"]
+    _KEY = ["M_BUCKET", "N", "K", "R", "IS_NF4", "DOUBLE", "K_DIV_BS"]
     _fwd_tuned = triton.autotune(_configs("K"), key=_KEY, prune_configs_by=_pruner("K"))(_fwd_kernel)
     _dx_tuned = triton.autotune(_configs("N"), key=_KEY, prune_configs_by=_pruner("N"))(_dx_kernel)
     _INTERP = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}  # small: the interpreter is slow
@@ -159,7 +176,7 @@ def _launch(kernel_raw, kernel_tuned, a, weight, lora, lora_w, out, M, N, K, R, 
     precision = "ieee" if a.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
     meta = {
         "BLOCK_R": max(16, min(64, triton.next_power_of_2(R))), "IS_NF4": nf4, "BS": weight.blocksize if nf4 else 64,
-        "DOUBLE": nf4 and weight.double_quant, "K_DIV_BS": nf4 and K % weight.blocksize == 0, "PRECISION": precision,
+        "DOUBLE": nf4 and weight.double_quant, "K_DIV_BS": nf4 and K % weight.blocksize == 0 and weight.blocksize <= 64, "PRECISION": precision,
     }  # fmt: skip
     args = (a, *wargs, lora, lora_w, out, M, N, K, R, float(scale), a.stride(0), K if nf4 else weight.stride(0),
             lora.stride(0), lora_w.stride(0), out.stride(0), max(16, min(4096, triton.next_power_of_2(M))))

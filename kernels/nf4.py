@@ -144,26 +144,34 @@ if HAS_TRITON:
 
         ALIGNED (n_cols % BS == 0, BC % BS == 0, c0 % BS == 0): quantization blocks lie inside rows, so each byte
         is read once and one absmax serves BS values. Otherwise every value is gathered on its own.
+        Only the tile origin is 64-bit; offsets inside the tile and block indices (< numel / 32) are 32-bit,
+        which keeps the per-element index arithmetic (and registers) at half the cost.
         """
-        rows = r0 + tl.arange(0, BR)
+        lr = tl.arange(0, BR)
+        rows_ok = r0 + lr < n_rows
         if ALIGNED:
-            kb = c0 // BS + tl.arange(0, BC // BS)  # [NB]: block index within the row
-            blk = rows.to(tl.int64)[:, None] * (n_cols // BS) + kb[None, :]  # [BR, NB]
-            bmask = (rows[:, None] < n_rows) & (kb[None, :] < n_cols // BS)
-            byte_idx = blk[:, :, None] * (BS // 2) + tl.arange(0, BS // 2)[None, None, :]  # [BR, NB, BS / 2]
-            byte = tl.load(packed_ptr + byte_idx, mask=bmask[:, :, None], other=0)
+            lb = tl.arange(0, BC // BS)  # block within the tile row
+            kb = c0 // BS + lb
+            blk = (r0 + lr)[:, None] * (n_cols // BS) + kb[None, :]  # [BR, NB]
+            bmask = rows_ok[:, None] & (kb[None, :] < n_cols // BS)
+            origin = packed_ptr + tl.cast(r0, tl.int64) * (n_cols // 2) + c0 // 2
+            local = (lr[:, None] * (n_cols // 2) + lb[None, :] * (BS // 2))[:, :, None] + tl.arange(0, BS // 2)
+            byte = tl.load(origin + local, mask=bmask[:, :, None], other=0)  # [BR, NB, BS / 2]
             scale = _absmax(blk, bmask, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, BS2, DOUBLE)
             scale = tl.where(bmask, scale, 0.0)[:, :, None]
             hi = tl.load(code_ptr + (byte >> 4).to(tl.int32)) * scale
             lo = tl.load(code_ptr + (byte & 15).to(tl.int32)) * scale
             return tl.reshape(tl.join(hi, lo), (BR, BC))  # high nibble first
         else:
-            cols = c0 + tl.arange(0, BC)
-            flat = rows.to(tl.int64)[:, None] * n_cols + cols[None, :]
-            mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-            byte = tl.load(packed_ptr + flat // 2, mask=mask, other=0)
-            nib = tl.where(flat % 2 == 0, byte >> 4, byte & 15).to(tl.int32)
-            scale = _absmax(flat // BS, mask, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, BS2, DOUBLE)
+            lc = tl.arange(0, BC)
+            mask = rows_ok[:, None] & (c0 + lc[None, :] < n_cols)
+            base = tl.cast(r0, tl.int64) * n_cols + c0  # flat index of the tile origin
+            par = (base % 2).to(tl.int32)
+            local = lr[:, None] * n_cols + lc[None, :] + par  # flat offset from the even index base - par
+            byte = tl.load(packed_ptr + base // 2 + local // 2, mask=mask, other=0)
+            nib = tl.where(local % 2 == 0, byte >> 4, byte & 15).to(tl.int32)
+            blk = (base // BS).to(tl.int32) + ((base % BS).to(tl.int32) - par + local) // BS
+            scale = _absmax(blk, mask, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, BS2, DOUBLE)
             return tl.where(mask, tl.load(code_ptr + nib) * scale, 0.0)
 
     @triton.jit

@@ -14,8 +14,8 @@ import torch
 
 from engine.train import TrainConfig, TrainError, _checkpoints, parse_config, train
 
-TINY = ["--model", "debug", "--random-init", "--max-seq-len", "256", "--global-batch-size", "2",
-        "--micro-batch-size", "1", "--lr", "1e-3", "--lora-rank", "4"]
+TINY = ["--model", "debug", "--random-init", "--max-seq-len", "256", "--global-batch-size", "4",
+        "--micro-batch-size", "2", "--lr", "1e-3", "--lora-rank", "4"]
 
 
 def _losses(out: Path) -> list[tuple[int, float]]:

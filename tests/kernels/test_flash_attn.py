@@ -18,8 +18,8 @@ DEVICE = "cuda" if ON_GPU else "cpu"
 DTYPES = {"fp16": torch.float16, "fp32": torch.bfloat16 if ON_GPU else torch.float32, "bf16": torch.bfloat16}
 
 
-def _randn(*shape, dtype, gen, scale=1.0):
-    return (torch.randn(*shape, generator=gen, dtype=torch.float32) * scale).to(DEVICE, dtype)
+def _randn(*shape, dtype, gen, scale=1.0, device=DEVICE):
+    return (torch.randn(*shape, generator=gen, dtype=torch.float32) * scale).to(device, dtype)
 
 
 def _run(fn, inputs, do, **kw):
@@ -117,22 +117,22 @@ DECODE = [
 ]
 
 
-def _decode_case(lengths, tq, group, hkv, D, dt, gen):
+def _decode_case(lengths, tq, group, hkv, D, dt, gen, device):
     """Caches whose slots past each length hold large stale values, and for every sequence the full-length query
     block whose last Tq rows are the decode queries."""
     B, hq, tmax = len(lengths), group * hkv, max(lengths) + 24
-    k_cache = _randn(B, tmax, hkv, D, dtype=dt, gen=gen, scale=30.0)
-    v_cache = _randn(B, tmax, hkv, D, dtype=dt, gen=gen, scale=30.0)
-    q_full = [_randn(n, hq, D, dtype=dt, gen=gen) for n in lengths]
+    k_cache = _randn(B, tmax, hkv, D, dtype=dt, gen=gen, scale=30.0, device=device)
+    v_cache = _randn(B, tmax, hkv, D, dtype=dt, gen=gen, scale=30.0, device=device)
+    q_full = [_randn(n, hq, D, dtype=dt, gen=gen, device=device) for n in lengths]
     for b, n in enumerate(lengths):  # valid cache entries at the normal scale
-        k_cache[b, :n] = _randn(n, hkv, D, dtype=dt, gen=gen)
-        v_cache[b, :n] = _randn(n, hkv, D, dtype=dt, gen=gen)
+        k_cache[b, :n] = _randn(n, hkv, D, dtype=dt, gen=gen, device=device)
+        v_cache[b, :n] = _randn(n, hkv, D, dtype=dt, gen=gen, device=device)
     q = torch.stack([qf[-tq:] for qf in q_full])  # (B, Tq, Hq, D)
-    return q, k_cache, v_cache, q_full, torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+    return q, k_cache, v_cache, q_full, torch.tensor(lengths, dtype=torch.int32, device=device)
 
 
-def _assert_decode(fn, lengths, tq, group, hkv, D, dt, gen):
-    q, k_cache, v_cache, q_full, seqlens = _decode_case(lengths, tq, group, hkv, D, dt, gen)
+def _assert_decode(fn, lengths, tq, group, hkv, D, dt, gen, device=DEVICE):
+    q, k_cache, v_cache, q_full, seqlens = _decode_case(lengths, tq, group, hkv, D, dt, gen, device)
     out = fn(q, k_cache, v_cache, seqlens)
     assert out.shape == q.shape and out.dtype == dt
     for b, n in enumerate(lengths):
@@ -157,8 +157,7 @@ def test_decode_matches_full_attention(lengths, tq, group, hkv, D, dtype):
 
 @pytest.fixture
 def sdpa_path(monkeypatch):
-    if ON_GPU:
-        pytest.skip("the SDPA path is the CPU dispatch")
+    """CPU tensors without TRITON_INTERPRET take the SDPA path (on a GPU machine too)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
@@ -166,8 +165,8 @@ def sdpa_path(monkeypatch):
 @pytest.mark.parametrize("causal", [True, False])
 def test_sdpa_path_padded(sdpa_path, dtype, causal):
     gen = torch.Generator().manual_seed(3)
-    inputs = [_randn(2, 97, h, 80, dtype=dtype, gen=gen) for h in (6, 2, 2)]  # any head dim on this path
-    do = _randn(2, 97, 6, 80, dtype=dtype, gen=gen)
+    inputs = [_randn(2, 97, h, 80, dtype=dtype, gen=gen, device="cpu") for h in (6, 2, 2)]  # any head dim here
+    do = _randn(2, 97, 6, 80, dtype=dtype, gen=gen, device="cpu")
     ours = _run(flash_attention, inputs, do, causal=causal)
     if dtype == torch.float64:  # the reference itself is fp64: no low-precision baseline, compare directly
         ref = _run(flash_attention_ref, inputs, do, causal=causal)
@@ -182,14 +181,15 @@ def test_sdpa_path_packed(sdpa_path, causal):
     gen = torch.Generator().manual_seed(4)
     lengths = [130, 1, 257, 40]
     cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
-    inputs = [_randn(sum(lengths), h, 64, dtype=torch.float32, gen=gen) for h in (4, 1, 1)]
-    do = _randn(sum(lengths), 4, 64, dtype=torch.float32, gen=gen)
+    inputs = [_randn(sum(lengths), h, 64, dtype=torch.float32, gen=gen, device="cpu") for h in (4, 1, 1)]
+    do = _randn(sum(lengths), 4, 64, dtype=torch.float32, gen=gen, device="cpu")
     ours = _run(flash_attention, inputs, do, causal=causal, cu_seqlens=cu)
     _assert_within_torch_error(ours, inputs, do, causal=causal, cu_seqlens=cu)
 
 
 def test_sdpa_path_decode(sdpa_path):
-    _assert_decode(flash_attention_decode, [5, 97, 200], 3, 4, 1, 96, torch.float32, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    _assert_decode(flash_attention_decode, [5, 97, 200], 3, 4, 1, 96, torch.float32, gen, device="cpu")
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------
