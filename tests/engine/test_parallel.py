@@ -225,3 +225,43 @@ def test_dead_rank_makes_the_other_fail(tmp_path):
     assert procs[1].returncode == 3
     assert procs[0].returncode != 0, f"rank 0 survived its dead peer:\n{out}\n{err[-2000:]}"
     assert "Traceback" in err  # failed with an exception (a timeout or a closed connection), not killed
+
+
+def test_train_cli_with_tp2_writes_single_process_adapter(tmp_path):
+    """`engine.train --tp 2` on two gloo ranks: its first-step loss equals the single-process run's (fresh LoRA B is
+    zero, so step 1 sees the base model), and its adapter has the single-process names, shapes and config."""
+    model = build_model(get_config("debug"))
+    model.to_empty(device="cpu")
+    model.init_weights(std=0.05, generator=torch.Generator().manual_seed(11))
+    ckpt = save_hf(model, tmp_path / "ckpt", dtype=torch.float32)  # no tokenizer.json: the ChatML fallback
+    args = ["--model", str(ckpt), "--lora", "--steps", "2", "--global-batch-size", "4", "--micro-batch-size", "2",
+            "--max-seq-len", "256", "--lora-rank", "4", "--save-every", "1"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "engine.train", *args, "--tp", "2", "--out", str(tmp_path / "tp")],
+                              cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    single = subprocess.run([sys.executable, "-m", "engine.train", *args, "--out", str(tmp_path / "one")], cwd=ROOT,
+                            env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"},
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    def losses(d):
+        return [json.loads(ln)["loss"] for ln in (d / "metrics.jsonl").read_text().splitlines()]
+
+    assert len(losses(tmp_path / "tp")) == 2
+    assert losses(tmp_path / "tp")[0] == pytest.approx(losses(tmp_path / "one")[0], rel=1e-5)
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "tp" / "adapter" / ADAPTER_WEIGHTS))
+    b = load_file(str(tmp_path / "one" / "adapter" / ADAPTER_WEIGHTS))
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    assert json.loads((tmp_path / "tp" / "adapter" / ADAPTER_CONFIG).read_text()) == json.loads(
+        (tmp_path / "one" / "adapter" / ADAPTER_CONFIG).read_text())
+    assert (tmp_path / "tp" / "checkpoints" / "step-2" / "state-rank1.pt").is_file()
