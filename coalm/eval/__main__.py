@@ -128,7 +128,7 @@ def run(argv=None) -> int:
 def main(argv=None) -> int:
     try:
         return run(argv)
-    except (EvalError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (EvalError, ValueError, OSError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
 
