@@ -84,9 +84,11 @@ def lora_grads(model):
 
 def assert_fp32_close(got, fp32, fp64, msg):
     """`got` (fp32, summed in another order across ranks) is off the fp64 value by at most twice as much as the
-    single-process fp32 result is (LoRA gradients with B ~ N(0, 1) are large: fixed tolerances would not fit)."""
-    err, base = (got.double() - fp64).abs().max(), (fp32.double() - fp64).abs().max()
-    floor = torch.finfo(torch.float32).eps * fp64.abs().max()
+    single-process fp32 result is (LoRA gradients with B ~ N(0, 1) are large: fixed tolerances would not fit).
+    Errors are measured as Frobenius norms: the max of a few thousand rounding errors is an extreme-value statistic
+    whose ratio between two fp32 runs swings by 2x from seed to seed; the norm is stable."""
+    err, base = (got.double() - fp64).norm(), (fp32.double() - fp64).norm()
+    floor = torch.finfo(torch.float32).eps * fp64.norm()
     assert err <= 2 * base + floor, f"{msg}: error {err:.3g}, single-process fp32 error {base:.3g}"
 
 

@@ -107,7 +107,8 @@ def test_smollm2_qlora_steps_produce_a_working_adapter(tmp_path):
     import engine
     from engine.lora import lora_modules
 
-    cfg = parse_config(["--steps", "2", "--max-seq-len", "384", "--global-batch-size", "1", "--lr", "1e-3",
+    cfg = parse_config(["--steps", "2", "--max-seq-len", "384", "--global-batch-size", "2", "--micro-batch-size", "2",
+                        "--lr", "1e-3",
                         "--out", str(tmp_path)])
     assert (cfg.model, cfg.mode, cfg.lora_rank, cfg.lora_alpha) == ("smollm2-135m", "qlora", 16, 32.0)
     last = train(cfg)
