@@ -19,14 +19,14 @@ FLOPs per step (`step_flops`; weights frozen, so no weight gradients except LoRA
 Norms, RoPE, SwiGLU, softmax and the optimizer are not counted. `mm_limit` is a 2048^3 fp32 torch.mm on the same
 thread count; "of matmul limit" = achieved FLOP/s / that rate.
 
-Memory: CPU has no allocator statistics and tracemalloc does not see torch's C++ allocations, so each side runs
-in a fresh subprocess (`python -m bench.test_train_step --side ...`) and reads the kernel's resident-set counters:
-VmRSS before the step, and VmHWM (peak RSS) over the first step after resetting it with `/proc/self/clear_refs`
-(falls back to getrusage's ru_maxrss, a lower bound of the step delta when loading peaked higher). The model is
-built and `malloc_trim` returns freed heap pages first, so loader temporaries do not count. Reported:
-`total_mb` = peak - RSS after importing the side's libraries (weights + LoRA + activations + gradients + optimizer
-state; the headline, as torch.cuda.max_memory_allocated would count it on a GPU) and `step_mb` = peak - RSS just
-before the step (what the step itself adds). On CUDA both come from torch.cuda memory statistics.
+Memory: CPU torch has no allocator statistics and tracemalloc does not see its C++ allocations, so each side runs in
+a fresh subprocess (`python -m bench.test_train_step --side ...`) and reads the kernel's resident-set counters:
+VmRSS before a step and VmHWM (peak RSS) over it, reset just before with `/proc/self/clear_refs` (a process-wide,
+monotonic ru_maxrss would also hold the loader's peak). Memory runs in its own worker with glibc's mmap threshold fixed
+(`FIXED_MMAP`: RSS then follows the live tensors) after one warm-up step; time runs with the default allocator. Reported: `total_mb` = peak - RSS after importing the side's libraries (weights, LoRA,
+optimizer state, activations, gradients, temporaries: what torch.cuda.max_memory_allocated counts on a GPU; the
+headline) and `step_mb` = peak - RSS just before the step (what a step adds on top of the model and optimizer state).
+On CUDA both come from torch.cuda memory statistics.
 
 Threads: $COALM_BENCH_THREADS (default 1 on CPU). On the shared 2-core development box, two OpenMP threads lose
 their time slices to other processes and run up to 10x slower than one; both sides use the same count.
@@ -170,7 +170,7 @@ def _reset_peak() -> str:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
         return "VmHWM after clear_refs"
     except OSError:
-        return "ru_maxrss (not reset: lower bound)"
+        return "VmHWM (not reset: clear_refs unavailable, an upper bound)"
 
 
 def _peak_mb() -> float:
@@ -183,13 +183,22 @@ def _release_freed():
     gc.collect()
     if not ON_GPU:
         try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:  # not glibc: freed pages may stay resident and inflate the "before" reading equally
+            ctypes.CDLL(None).malloc_trim(0)  # hand freed heap pages back, so "before" holds live memory only
+        except AttributeError:  # not glibc
             pass
 
 
-def worker(side: str, steps: int) -> dict:
-    """Build one side in this (fresh) process, measure memory over its first step and the time of every step."""
+# glibc's default mmap threshold grows with the largest block freed so far (up to 32 MB); tensors below it come from
+# the heap, where freed ones stay resident or get reused unseen, and identical runs then peak +-20% apart (switching
+# it at run time with mallopt, after the timed steps, still left ~25% extra). Fixed from process start, every tensor
+# over 128 KiB gets its own mapping, returned on free, and the peak repeats to within 1 MB; it also costs page faults
+# (a step runs ~1.7x slower), so memory and time are measured in separate processes.
+FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
+
+def worker(side: str, steps: int, memory: bool) -> dict:
+    """Build one side in this (fresh) process and time `steps` steps (the first one warms up); with `memory`, then
+    measure the resident memory of one more step."""
     torch.set_num_threads(THREADS)
     if side == "peft":
         import peft  # noqa: F401
@@ -199,25 +208,29 @@ def worker(side: str, steps: int) -> dict:
     _release_freed()
     libs = _resident_mb()
     step = build_peft() if side == "peft" else build_ours(side)[0]
-    _release_freed()
-    before = _resident_mb()
-    how = _reset_peak()
     times, losses = [], []
-    for i in range(steps):
+    for _ in range(steps):
         t0 = time.perf_counter()
         losses.append(float(step()))
         times.append(time.perf_counter() - t0)
-        if i == 0:
-            peak = _peak_mb()
-    return {"side": side, "threads": torch.get_num_threads(), "times": times, "losses": losses, "libs_mb": libs,
-            "before_mb": before, "peak_mb": peak, "total_mb": peak - libs, "step_mb": peak - before, "peak_from": how}
+    out = {"side": side, "threads": torch.get_num_threads(), "times": times, "losses": losses}
+    if memory:
+        _release_freed()
+        before = _resident_mb()
+        how = _reset_peak()
+        step()
+        peak = _peak_mb()
+        out.update(libs_mb=libs, before_mb=before, peak_mb=peak, total_mb=peak - libs, step_mb=peak - before,
+                   peak_from=how)
+    return out
 
 
-def run_worker(side: str, steps: int) -> dict:
+def run_worker(side: str, steps: int, memory: bool = False) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               COALM_BENCH_THREADS=str(THREADS))
-    proc = subprocess.run([sys.executable, "-m", "bench.test_train_step", "--side", side, "--steps", str(steps)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+               COALM_BENCH_THREADS=str(THREADS), **(FIXED_MMAP if memory and not ON_GPU else {}))
+    cmd = [sys.executable, "-m", "bench.test_train_step", "--side", side, "--steps", str(steps)]
+    proc = subprocess.run(cmd + (["--memory"] if memory else []), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"bench worker --side {side} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -259,7 +272,8 @@ def test_lora_step_vs_peft(benchmark, report, base_model, mm_limit):
     flops = step_flops(args)
     peft = run_worker("peft", steps=pick(3, 12))
     t_peft = statistics.median(peft["times"][1:])
-    ours_mem = run_worker("lora", steps=1)
+    peft.update(run_worker("peft", steps=1, memory=True))
+    ours_mem = run_worker("lora", steps=1, memory=True)
     # the same weights and tokens: a different first loss means the two sides do not compute the same model
     assert abs(peft["losses"][0] - loss0) <= 1e-4 * abs(loss0), (peft["losses"][0], loss0)
     _describe("ours LoRA", t, flops, mm_limit, ours_mem)
@@ -280,7 +294,7 @@ def test_qlora_step(benchmark, report, base_model, mm_limit):
     benchmark.pedantic(step, rounds=pick(1, 10), warmup_rounds=0)
     t = benchmark.stats.stats.median
     flops = step_flops(args)  # dequantization work is overhead, not counted
-    mem = run_worker("qlora", steps=1)
+    mem = run_worker("qlora", steps=1, memory=True)
     _describe("ours QLoRA", t, flops, mm_limit, mem)
     name = f"train step QLoRA r{RANK} {ROWS}x{SEQ} smollm2-135m {str(DTYPE).removeprefix('torch.')} {THREADS}T"
     report(name, t, "tokens/s", ROWS * SEQ / t, gflops=flops / t / 1e9, mm_limit_gflops=mm_limit,
@@ -292,5 +306,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description="one side of the train-step benchmark, in a fresh process (prints JSON)")
     p.add_argument("--side", choices=["lora", "qlora", "peft"], required=True)
     p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--memory", action="store_true", help="then measure one more step's resident memory")
     a = p.parse_args()
-    print(json.dumps(worker(a.side, a.steps)))
+    print(json.dumps(worker(a.side, a.steps, a.memory)))

@@ -6,5 +6,5 @@
     texts = engine.generate(model, tokenizer, prompts, max_new_tokens=64, temperature=0.0)
 """
 
-from .loader import load  # noqa: F401
 from .generation import generate  # noqa: F401
+from .loader import load  # noqa: F401

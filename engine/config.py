@@ -38,7 +38,7 @@ class ModelArgs:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelArgs":
+    def from_dict(cls, d: dict) -> ModelArgs:
         valid = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - valid)
         if unknown:
@@ -46,7 +46,7 @@ class ModelArgs:
         return cls(**d)
 
     @classmethod
-    def from_hf(cls, cfg: dict) -> "ModelArgs":
+    def from_hf(cls, cfg: dict) -> ModelArgs:
         """From a transformers LlamaConfig dict (config.json)."""
         archs = cfg.get("architectures") or ["LlamaForCausalLM"]
         if cfg.get("model_type", "llama") != "llama" and "LlamaForCausalLM" not in archs:

@@ -25,11 +25,12 @@ BFCL_ARGS = ["--bench", "bfcl", "--category", "simple", "--limit", "8", "--max-n
 
 
 def score(model, tok, rows, batch_size: int = 8, max_new_tokens: int = 64) -> tuple[dict, list[str]]:
+    from tqdm import tqdm
+
     from coalm.data import score_sample
     from coalm.data.render import messages
 
     from .generation import generate
-    from tqdm import tqdm
 
     preds = []
     for i in tqdm(range(0, len(rows), batch_size), desc="scoring", leave=False):
@@ -39,10 +40,10 @@ def score(model, tok, rows, batch_size: int = 8, max_new_tokens: int = 64) -> tu
 
 
 def table(before: dict, after: dict) -> str:
-    lines = [f"{'format':<14}{'n':>4}  {'parsed before':>13}  {'parsed after':>12}  {'exact before':>12}  "
-             f"{'exact after':>11}"]
-    for fmt in before:
-        b, a = before[fmt], after[fmt]
+    lines = [(f"{'format':<14}{'n':>4}  {'parsed before':>13}  {'parsed after':>12}  {'exact before':>12}  "
+              f"{'exact after':>11}")]
+    for fmt, b in before.items():
+        a = after[fmt]
         lines.append(f"{fmt:<14}{b['n']:>4}  {b['parsed']:>13.1%}  {a['parsed']:>12.1%}  {b['exact']:>12.1%}  "
                      f"{a['exact']:>11.1%}")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ def merge(adapter: str | Path, out: str | Path, model: str | None = None, dtype:
         raise ValueError(f"{cfg_path} names no base model: pass --model")
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}")
-    m, tok = load(base, adapter=adapter, dtype=torch.float32, device="cpu")
+    m, _ = load(base, adapter=adapter, dtype=torch.float32, device="cpu")
     merge_lora(m)
     save_hf(m, out, dtype=DTYPES[dtype])
     return Path(out)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -36,7 +36,7 @@ def smollm2_gguf_path() -> Path:
 
 # ---------------------------------------------------------------------------------------------------------- HF
 def hf_to_ours(name: str) -> str:
-    return name[len("model."):] if name.startswith("model.") else name
+    return name.removeprefix("model.")
 
 
 def ours_to_hf(name: str) -> str:
@@ -72,7 +72,7 @@ def hf_weight_files(directory: Path) -> dict[str, Path]:
     files = {}
     for f in singles:
         with _open(f, safe_open) as sf:
-            files.update({k: f for k in sf.keys()})
+            files.update(dict.fromkeys(sf.keys(), f))
     return files
 
 

@@ -252,9 +252,23 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor | NF4Weight, lora_a: torch
     return _LoraLinear.apply(x, weight, lora_a.contiguous(), lora_b.contiguous(), scale)
 
 
+class _NF4LinearRef(torch.autograd.Function):
+    """x @ dequant(W)^T that keeps only the 4-bit W for backward: autograd through a plain F.linear would keep the
+    dequantized full-precision copy of every layer alive until the backward pass (QLoRA would then use more memory
+    than LoRA). The weight is dequantized again in backward, as the Triton kernels do tile by tile."""
+
+    @staticmethod
+    def forward(ctx, x, q):
+        ctx.q = q
+        return F.linear(x, dequantize_nf4_ref(q, x.dtype))
+
+    @staticmethod
+    def backward(ctx, dy):
+        return (dy @ dequantize_nf4_ref(ctx.q, dy.dtype) if ctx.needs_input_grad[0] else None), None
+
+
 def lora_linear_ref(x: torch.Tensor, weight: torch.Tensor | NF4Weight, lora_a: torch.Tensor, lora_b: torch.Tensor,
                     scale: float) -> torch.Tensor:  # fmt: skip
     """Plain torch: dequantize W (if NF4) to x's dtype, then three matmuls. Gradients for x, lora_a, lora_b."""
-    w = dequantize_nf4_ref(weight, x.dtype) if isinstance(weight, NF4Weight) else weight.detach()
-    return torch.add(F.linear(x, w), F.linear(F.linear(x, lora_a), lora_b), alpha=scale)
-
+    base = _NF4LinearRef.apply(x, weight) if isinstance(weight, NF4Weight) else F.linear(x, weight.detach())
+    return torch.add(base, F.linear(F.linear(x, lora_a), lora_b), alpha=scale)

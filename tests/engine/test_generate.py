@@ -24,7 +24,7 @@ def _greedy_by_recompute(model, prompt, n):
     for _ in range(n):
         with torch.no_grad():
             ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def test_cache_decoding_equals_recompute(debug_model):
@@ -71,21 +71,38 @@ def test_stop_strings_and_text(smol):
     msgs = [{"role": "user", "content": "Count from one to ten in words, separated by commas."}]
     full = engine.generate(model, tok, msgs, max_new_tokens=30)
     assert len(full) > 8
-    stop = full[len(full) // 2: len(full) // 2 + 3]
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
     cut = engine.generate(model, tok, msgs, max_new_tokens=30, stop=[stop])
     assert cut == full[: full.index(stop)]
 
 
 def test_cli_answers_paris():
-    r = subprocess.run([sys.executable, "-m", "engine.generate", "--model", "smollm2-135m", "--prompt",
-                        "What is the capital of France?", "--max-new-tokens", "20"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(  # noqa: PLW1510 (the return code is asserted)
+        [
+            sys.executable,
+            "-m",
+            "engine.generate",
+            "--model",
+            "smollm2-135m",
+            "--prompt",
+            "What is the capital of France?",
+            "--max-new-tokens",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
 
 
 def test_cli_user_error_is_one_line():
-    r = subprocess.run([sys.executable, "-m", "engine.generate", "--model", "llama-9b", "--prompt", "x"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(  # noqa: PLW1510 (the return code is asserted)
+        [sys.executable, "-m", "engine.generate", "--model", "llama-9b", "--prompt", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: unknown model preset") and "Traceback" not in r.stderr

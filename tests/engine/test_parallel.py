@@ -31,8 +31,17 @@ from kernels.nf4 import quantize_nf4
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("tp_worker.py")
 # which dim of each parameter the two ranks split (written out here, independently of engine.parallel)
-SPLIT = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "gate_proj": 0, "up_proj": 0, "o_proj": 1, "down_proj": 1,
-         "embed_tokens": 0, "lm_head": 0}
+SPLIT = {
+    "q_proj": 0,
+    "k_proj": 0,
+    "v_proj": 0,
+    "gate_proj": 0,
+    "up_proj": 0,
+    "o_proj": 1,
+    "down_proj": 1,
+    "embed_tokens": 0,
+    "lm_head": 0,
+}
 
 
 def launch(mode, out_dir, *argv):
@@ -40,11 +49,24 @@ def launch(mode, out_dir, *argv):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
-    return [subprocess.Popen([sys.executable, str(WORKER), mode, str(out_dir), *map(str, argv)], cwd=ROOT,
-                             env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for r in range(2)]
+    env.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE="2",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+    )
+    return [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), mode, str(out_dir), *map(str, argv)],
+            cwd=ROOT,
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +82,11 @@ def tp(tmp_path_factory):
         ckpts.append(save_hf(model, root / f"ckpt_tied{int(tied)}", dtype=torch.float32))
         # a 512-word ChatML-style vocabulary, so loading needs no real tokenizer (the tests feed token ids)
         special = ["<|endoftext|>", "<|im_end|>"]  # ids 510, 511: out of the way of the generated ids' stops
-        tok = HFTokenizer(WordLevel({**{f"w{i}": i for i in range(510)}, **{s: 510 + i for i, s in enumerate(special)}},
-                                    unk_token="w0"))
+        tok = HFTokenizer(
+            WordLevel(
+                {**{f"w{i}": i for i in range(510)}, **{s: 510 + i for i, s in enumerate(special)}}, unk_token="w0"
+            )
+        )
         tok.add_special_tokens(special)
         tok.save(str(ckpts[-1] / "tokenizer.json"))
     procs = launch("main", root, *ckpts)
@@ -78,8 +103,10 @@ def ref_model(ckpt, adapter=None, dtype=torch.float32):
 
 
 def lora_grads(model):
-    return {k: model.get_parameter(k.removeprefix("base_model.model.model.").removesuffix(".weight")).grad
-            for k in lora_state_dict(model)}
+    return {
+        k: model.get_parameter(k.removeprefix("base_model.model.model.").removesuffix(".weight")).grad
+        for k in lora_state_dict(model)
+    }
 
 
 def assert_fp32_close(got, fp32, fp64, msg):
@@ -236,22 +263,50 @@ def test_train_cli_with_tp2_writes_single_process_adapter(tmp_path):
     model.to_empty(device="cpu")
     model.init_weights(std=0.05, generator=torch.Generator().manual_seed(11))
     ckpt = save_hf(model, tmp_path / "ckpt", dtype=torch.float32)  # no tokenizer.json: the ChatML fallback
-    args = ["--model", str(ckpt), "--lora", "--steps", "2", "--global-batch-size", "4", "--micro-batch-size", "2",
-            "--max-seq-len", "256", "--lora-rank", "4", "--save-every", "1"]
+    args = [
+        "--model",
+        str(ckpt),
+        "--lora",
+        "--steps",
+        "2",
+        "--global-batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--max-seq-len",
+        "256",
+        "--lora-rank",
+        "4",
+        "--save-every",
+        "1",
+    ]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "engine.train", *args, "--tp", "2", "--out", str(tmp_path / "tp")],
-                              cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "engine.train", *args, "--tp", "2", "--out", str(tmp_path / "tp")],
+            cwd=ROOT,
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    single = subprocess.run([sys.executable, "-m", "engine.train", *args, "--out", str(tmp_path / "one")], cwd=ROOT,
-                            env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"},
-                            capture_output=True, text=True, timeout=300)
+    single = subprocess.run(  # noqa: PLW1510 (the return code is asserted)
+        [sys.executable, "-m", "engine.train", *args, "--out", str(tmp_path / "one")],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
 
     def losses(d):
@@ -265,5 +320,6 @@ def test_train_cli_with_tp2_writes_single_process_adapter(tmp_path):
     b = load_file(str(tmp_path / "one" / "adapter" / ADAPTER_WEIGHTS))
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
     assert json.loads((tmp_path / "tp" / "adapter" / ADAPTER_CONFIG).read_text()) == json.loads(
-        (tmp_path / "one" / "adapter" / ADAPTER_CONFIG).read_text())
+        (tmp_path / "one" / "adapter" / ADAPTER_CONFIG).read_text()
+    )
     assert (tmp_path / "tp" / "checkpoints" / "step-2" / "state-rank1.pt").is_file()

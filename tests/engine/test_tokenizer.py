@@ -3,7 +3,7 @@
 
 import pytest
 
-from engine.tokenizer import LLAMA3_SPLIT, TokenizerError, load_llama3_tiktoken, llama3_tokenizer_path, load_tokenizer
+from engine.tokenizer import LLAMA3_SPLIT, TokenizerError, llama3_tokenizer_path, load_llama3_tiktoken, load_tokenizer
 
 TEXTS = [
     "Hello world! How's it going?",
@@ -25,8 +25,9 @@ def hf_llama3(llama3):
     specials = sorted(llama3.special, key=llama3.special.get)
     from tokenizers import AddedToken
 
-    tok = conv.TikTokenConverter(vocab_file=str(llama3_tokenizer_path()), pattern=LLAMA3_SPLIT,
-                                 additional_special_tokens=specials).converted()
+    tok = conv.TikTokenConverter(
+        vocab_file=str(llama3_tokenizer_path()), pattern=LLAMA3_SPLIT, additional_special_tokens=specials
+    ).converted()
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     assert tok.token_to_id("<|eot_id|>") == 128009  # the specials keep their ids, none appended
     return tok
@@ -50,18 +51,22 @@ def test_llama3_matches_independent_bpe(llama3, hf_llama3, text):
 def test_llama3_template_format(llama3):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     text = llama3.apply_chat_template(msgs, add_generation_prompt=True)
-    assert text == ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-                    "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert text == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
     ids = llama3.encode(text)
     assert ids[0] == 128000 and ids.count(128009) == 2 and ids[-1] == 271  # 271: "\n\n"
 
 
 def test_llama3_template_tool_calls(llama3):
     tools = [{"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {}}}]
-    msgs = [{"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
-            {"role": "tool", "content": "{\"temp\": 21}"}]
+    msgs = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": '{"temp": 21}'},
+    ]
     text = llama3.apply_chat_template(msgs, add_generation_prompt=True, tools=tools)
     assert "Environment: ipython" in text and '"name": "get_weather"' in text
     assert '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>' in text

@@ -14,8 +14,21 @@ import torch
 
 from engine.train import TrainConfig, TrainError, _checkpoints, parse_config, train
 
-TINY = ["--model", "debug", "--random-init", "--max-seq-len", "256", "--global-batch-size", "4",
-        "--micro-batch-size", "2", "--lr", "1e-3", "--lora-rank", "4"]
+TINY = [
+    "--model",
+    "debug",
+    "--random-init",
+    "--max-seq-len",
+    "256",
+    "--global-batch-size",
+    "4",
+    "--micro-batch-size",
+    "2",
+    "--lr",
+    "1e-3",
+    "--lora-rank",
+    "4",
+]
 
 
 def _losses(out: Path) -> list[tuple[int, float]]:
@@ -23,13 +36,14 @@ def _losses(out: Path) -> list[tuple[int, float]]:
 
 
 def _cmd(out, *extra):
-    return [sys.executable, "-m", "engine.train", *TINY, "--steps", "8", "--save-every", "2", "--out", str(out),
-            *extra]
+    return [sys.executable, "-m", "engine.train", *TINY, "--steps", "8", "--save-every", "2", "--out", str(out), *extra]
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    full = subprocess.run(_cmd(tmp_path / "full"), capture_output=True, text=True, timeout=600, env=env)
+    full = subprocess.run(
+        check=False, args=_cmd(tmp_path / "full"), capture_output=True, text=True, timeout=600, env=env
+    )
     assert full.returncode == 0, full.stderr[-2000:]
 
     out = tmp_path / "killed"
@@ -44,9 +58,11 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     assert not (out / "adapter").exists(), "the run finished before it could be killed"
     resumed_from = int(_checkpoints(out)[-1].name.split("-")[1])
     assert 2 <= resumed_from < 8
-    again = subprocess.run(_cmd(out, "--resume"), capture_output=True, text=True, timeout=600, env=env)
+    again = subprocess.run(
+        check=False, args=_cmd(out, "--resume"), capture_output=True, text=True, timeout=600, env=env
+    )
     assert again.returncode == 0, again.stderr[-2000:]
-    assert f"resumed from" in again.stdout
+    assert "resumed from" in again.stdout
     assert _losses(out) == _losses(tmp_path / "full")  # fp32 on CPU: the same arithmetic, bit for bit
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "loss.png").is_file()
 
@@ -83,8 +99,9 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
 
 
 def test_8b_without_weights_is_a_clear_error():
-    r = subprocess.run([sys.executable, "-m", "engine.train", "--size", "8b", "--qlora"], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(  # noqa: PLW1510 (the return code is asserted)
+        [sys.executable, "-m", "engine.train", "--size", "8b", "--qlora"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2
     assert "needs weights: pass --checkpoint DIR" in r.stderr and "--random-init" in r.stderr
     assert "Traceback" not in r.stderr
@@ -107,15 +124,29 @@ def test_smollm2_qlora_steps_produce_a_working_adapter(tmp_path):
     import engine
     from engine.lora import lora_modules
 
-    cfg = parse_config(["--steps", "2", "--max-seq-len", "384", "--global-batch-size", "2", "--micro-batch-size", "2",
-                        "--lr", "1e-3",
-                        "--out", str(tmp_path)])
+    cfg = parse_config(
+        [
+            "--steps",
+            "2",
+            "--max-seq-len",
+            "384",
+            "--global-batch-size",
+            "2",
+            "--micro-batch-size",
+            "2",
+            "--lr",
+            "1e-3",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert (cfg.model, cfg.mode, cfg.lora_rank, cfg.lora_alpha) == ("smollm2-135m", "qlora", 16, 32.0)
     last = train(cfg)
     assert torch.isfinite(torch.tensor(last["loss"]))
     cfgj = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert cfgj["target_modules"] == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                             "down_proj"])
-    model, tok = engine.load("smollm2-135m", adapter=tmp_path / "adapter")
+    assert cfgj["target_modules"] == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    model, _tok = engine.load("smollm2-135m", adapter=tmp_path / "adapter")
     assert len(lora_modules(model)) == 30 * 7
     assert any(m.lora_B.abs().max() > 0 for m in lora_modules(model).values())

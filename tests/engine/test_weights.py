@@ -14,11 +14,26 @@ transformers = pytest.importorskip("transformers")
 
 
 def _hf_config(**kw):
-    cfg = dict(vocab_size=1000, hidden_size=96, intermediate_size=200, num_hidden_layers=3, num_attention_heads=6,
-               num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=500000.0,
-               rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                             "original_max_position_embeddings": 64},
-               tie_word_embeddings=False, initializer_range=0.1)
+    cfg = {
+        "vocab_size": 1000,
+        "hidden_size": 96,
+        "intermediate_size": 200,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 6,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+        "tie_word_embeddings": False,
+        "initializer_range": 0.1,
+    }
     cfg.update(kw)
     return transformers.LlamaConfig(**cfg)
 
@@ -50,15 +65,21 @@ def test_sharded_checkpoint_matches_transformers(hf_ckpt):
     prompt = x[0, :20].tolist()
     ours = generate_ids(model, [prompt], max_new_tokens=32)[0]
     with torch.no_grad():
-        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32, do_sample=False,
-                          attention_mask=torch.ones(1, 20, dtype=torch.long), eos_token_id=None)[0, 20:].tolist()
+        ref = hf.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=32,
+            min_new_tokens=32,
+            do_sample=False,
+            attention_mask=torch.ones(1, 20, dtype=torch.long),
+            eos_token_id=None,
+        )[0, 20:].tolist()
     assert ours == ref
 
 
 def test_save_hf_roundtrip_loads_in_transformers(hf_ckpt, tmp_path):
     from engine.weights import save_hf
 
-    hf, d = hf_ckpt
+    _hf, d = hf_ckpt
     model, _ = engine.load(d, dtype=torch.float32, device="cpu")
     save_hf(model, tmp_path, dtype=torch.float32, max_shard_bytes=200_000)
     back = transformers.LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
@@ -75,7 +96,7 @@ def _copy(d, tmp_path):
 
 def test_missing_shard(hf_ckpt, tmp_path):
     d = _copy(hf_ckpt[1], tmp_path)
-    shard = sorted(d.glob("*.safetensors"))[-1]
+    shard = max(d.glob("*.safetensors"))
     shard.unlink()
     with pytest.raises(WeightsError, match=shard.name):
         engine.load(d, device="cpu")
@@ -83,7 +104,7 @@ def test_missing_shard(hf_ckpt, tmp_path):
 
 def test_truncated_shard(hf_ckpt, tmp_path):
     d = _copy(hf_ckpt[1], tmp_path)
-    shard = sorted(d.glob("*.safetensors"))[0]
+    shard = min(d.glob("*.safetensors"))
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
     with pytest.raises(WeightsError, match=shard.name):

@@ -112,3 +112,23 @@ def test_bad_input():
         lora_linear(x, w.half(), a, b, SCALE)
     with pytest.raises(TypeError, match="NF4Weight"):
         lora_linear(x, w.numpy(), a, b, SCALE)
+
+
+def test_ref_nf4_path_equals_autograd_through_the_dequantized_weight():
+    """The CPU QLoRA path re-dequantizes W in backward instead of keeping it: same numbers as plain autograd."""
+    from kernels.nf4 import dequantize_nf4_ref, quantize_nf4
+
+    g = torch.Generator().manual_seed(5)
+    q = quantize_nf4(torch.randn(67, 130, generator=g))
+    x = torch.randn(2, 19, 130, generator=g, requires_grad=True)
+    a = torch.randn(8, 130, generator=g, requires_grad=True)
+    b = torch.randn(67, 8, generator=g, requires_grad=True)
+    dy = torch.randn(2, 19, 67, generator=g)
+    got = lora_linear_ref(x, q, a, b, 0.5)
+    grads = torch.autograd.grad(got, (x, a, b), dy)
+    w = dequantize_nf4_ref(q, torch.float32)
+    want = torch.add(torch.nn.functional.linear(x, w), torch.nn.functional.linear(torch.nn.functional.linear(x, a), b),
+                     alpha=0.5)
+    for gg, ww in zip(grads, torch.autograd.grad(want, (x, a, b), dy)):
+        assert torch.equal(gg, ww)
+    assert torch.equal(got, want)
