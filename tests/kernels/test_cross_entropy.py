@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kernels.cross_entropy import cross_entropy_ref, fused_linear_cross_entropy, fused_linear_cross_entropy_ref
+from tests.kernels.error_bound import assert_within_torch_error
 
 DTYPES = [
     (torch.float32, "cpu"),
@@ -19,16 +20,6 @@ DTYPES = [
 # (leading dims of hidden, hidden size, vocab, chunk_size, every k-th token ignored (0: none))
 CASES = [((37,), 100, 1000, None, 5), ((37,), 64, 4099, 16, 3), ((2, 19), 96, 4099, 8, 4), ((1,), 100, 1000, None, 0)]
 IMPLS = {"triton": fused_linear_cross_entropy, "ref": fused_linear_cross_entropy_ref}
-
-
-def _err(t, ref64):
-    return (t.double() - ref64).abs().max().item()
-
-
-def assert_within_torch_error(name, ours, peer, ref64):
-    e_ours = _err(ours, ref64)
-    e_torch = max(_err(peer, ref64), torch.finfo(peer.dtype).eps / 2 * ref64.abs().max().item())
-    assert e_ours <= 2 * e_torch, f"{name}: max error {e_ours:.3g} vs PyTorch's {e_torch:.3g}"
 
 
 def _inputs(lead, D, V, ignore_every, dtype, device, seed=0):

@@ -11,6 +11,7 @@ import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from kernels.rms_norm import rms_norm, rms_norm_ref
+from tests.kernels.error_bound import assert_within_torch_error
 
 EPS = 1e-5
 DTYPES = [
@@ -20,16 +21,6 @@ DTYPES = [
 ]
 SHAPES = [(1, 576), (37, 100), (513, 576), (2, 19, 100)]
 IMPLS = {"triton": rms_norm, "ref": rms_norm_ref}
-
-
-def _err(t, ref64):
-    return (t.double() - ref64).abs().max().item()
-
-
-def assert_within_torch_error(name, ours, peer, ref64):
-    e_ours = _err(ours, ref64)
-    e_torch = max(_err(peer, ref64), torch.finfo(ours.dtype).eps / 2 * ref64.abs().max().item())
-    assert e_ours <= 2 * e_torch, f"{name}: max error {e_ours:.3g} vs PyTorch's {e_torch:.3g}"
 
 
 def _fp64(x, w):

@@ -12,6 +12,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from kernels.rope import apply_rope, apply_rope_ref, rope_cos_sin, rope_frequencies
+from tests.kernels.error_bound import assert_within_torch_error
 
 LLAMA31 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 DTYPES = [
@@ -22,16 +23,6 @@ DTYPES = [
 # (leading dims, T, H, D, per-sequence positions)
 CASES = [((1,), 97, 3, 64, False), ((1,), 1, 4, 128, False), ((2, 3), 17, 2, 64, False), ((2,), 41, 5, 128, True)]
 IMPLS = {"triton": apply_rope, "ref": apply_rope_ref}
-
-
-def _err(t, ref64):
-    return (t.double() - ref64).abs().max().item()
-
-
-def assert_within_torch_error(name, ours, peer, ref64):
-    e_ours = _err(ours, ref64)
-    e_torch = max(_err(peer, ref64), torch.finfo(ours.dtype).eps / 2 * ref64.abs().max().item())
-    assert e_ours <= 2 * e_torch, f"{name}: max error {e_ours:.3g} vs PyTorch's {e_torch:.3g}"
 
 
 def _hf_rope(x, cos, sin):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.swiglu import swiglu, swiglu_ref
+from tests.kernels.error_bound import assert_within_torch_error
 
 DTYPES = [
     (torch.float32, "cpu"),
@@ -17,16 +18,6 @@ DTYPES = [
 ]
 SHAPES = [(1, 576), (37, 100), (2, 513, 100), (3, 1537)]
 IMPLS = {"triton": swiglu, "ref": swiglu_ref}
-
-
-def _err(t, ref64):
-    return (t.double() - ref64).abs().max().item()
-
-
-def assert_within_torch_error(name, ours, peer, ref64):
-    e_ours = _err(ours, ref64)
-    e_torch = max(_err(peer, ref64), torch.finfo(ours.dtype).eps / 2 * ref64.abs().max().item())
-    assert e_ours <= 2 * e_torch, f"{name}: max error {e_ours:.3g} vs PyTorch's {e_torch:.3g}"
 
 
 def _run(fn, gate, up, dy):
