@@ -10,6 +10,8 @@ function-calling JSON lists (LA), dialogue-state JSON (DST), ReAct actions and r
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 import time
@@ -60,7 +62,8 @@ def bfcl_subset(cfg) -> dict | None:
     out = Path(cfg.out) / "bfcl"
     res = {}
     for name, extra in (("before", []), ("after", ["--adapter", str(Path(cfg.out) / "adapter")])):
-        run(BFCL_ARGS + ["--model", cfg.model, "--out", str(out / f"{name}.json")] + extra)
+        with contextlib.redirect_stdout(io.StringIO()):  # the demo prints its own line; the report holds the rest
+            run(BFCL_ARGS + ["--model", cfg.model, "--out", str(out / f"{name}.json")] + extra)
         report = json.loads((out / f"{name}.json").read_text())
         items = report["items"]
         res[name] = sum(i["verdict"] == "correct" for i in items) / max(1, len(items))

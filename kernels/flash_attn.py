@@ -602,6 +602,8 @@ def _check_decode(q, k_cache, v_cache):
 
 def _sdpa_heads(q, k, v, causal, scale, mask=None):
     """(..., T, H, D) inputs -> SDPA over (..., H, T, D) with native GQA -> (..., T, H, D)."""
+    if q.dim() == 3:  # one packed sequence: SDPA's fused CPU kernel needs a batch dim (3-D input takes the math
+        return _sdpa_heads(q[None], k[None], v[None], causal, scale, mask)[0]  # path, which keeps T x T probs)
     q, k, v = q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2)
     gqa = q.shape[-3] != k.shape[-3]
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale,
