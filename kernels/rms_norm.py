@@ -140,8 +140,29 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return rms_norm_ref(x, weight, eps)
 
 
+class _RMSNormRef(torch.autograd.Function):
+    """Plain-torch RMSNorm that keeps only x and the per-row rstd for backward (autograd through the expression
+    would also keep the fp32 copy and the normalised rows: ~2x the activation memory of CPU training)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        xf = x.float()
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (xf * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, rstd = ctx.saved_tensors
+        n = x.float() * rstd  # the normalised rows, recomputed
+        dw = None
+        if ctx.needs_input_grad[1]:
+            dw = (dy * n.to(x.dtype)).reshape(-1, x.shape[-1]).float().sum(0).to(weight.dtype)
+        dn = (dy * weight).float()
+        dx = rstd * (dn - n * (dn * n).mean(-1, keepdim=True))
+        return dx.to(x.dtype), dw, None
+
+
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Plain torch, the same numerics as HF's LlamaRMSNorm (the CPU path)."""
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+    """Plain torch, the same numerics as HF's LlamaRMSNorm (the CPU path): normalise in fp32, cast, scale."""
+    return _RMSNormRef.apply(x, weight, float(eps))

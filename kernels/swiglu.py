@@ -77,6 +77,25 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return swiglu_ref(gate, up)
 
 
+class _SwiGLURef(torch.autograd.Function):
+    """Plain-torch silu(gate) * up keeping only gate and up for backward (autograd through the expression would
+    also keep silu(gate), one more (tokens x ffn) tensor per layer in CPU training)."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, dy):
+        gate, up = ctx.saved_tensors
+        g, d = gate.float(), dy.float()
+        sig = torch.sigmoid(g)
+        silu = g * sig
+        dgate = d * up.float() * (sig + silu * (1 - sig))  # d silu / dg = s + g s (1 - s)
+        return dgate.to(gate.dtype), (d * silu).to(up.dtype)
+
+
 def swiglu_ref(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """Plain torch (the CPU path)."""
-    return F.silu(gate) * up
+    return _SwiGLURef.apply(gate, up)
