@@ -37,7 +37,7 @@ def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None,
             tokenizer = load_tokenizer(path)
         else:  # a bare checkpoint: the family's own vocabulary
             tokenizer = load_tokenizer("llama3" if args.tokenizer == "llama3" else "smollm2-135m")
-    elif path.suffix == ".gguf" or resolve_name_or_none(str(source)) == "smollm2-135m" and not random_init:
+    elif path.suffix == ".gguf" or (resolve_name_or_none(str(source)) == "smollm2-135m" and not random_init):
         gguf_path = path if path.suffix == ".gguf" else smollm2_gguf_path()
         args, sd, reader = load_gguf(gguf_path, dtype=dtype)
         model = build_model(args)

@@ -275,11 +275,13 @@ def train(cfg: TrainConfig) -> dict:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    model, tok = load_model(cfg, device, dtype[cfg.dtype])
-    report: dict = {}
+    report: dict = {}  # rows first: a bad data file fails before minutes of model loading
     rows = [r for spec in cfg.data for r in cdata.load(spec, skip_invalid=cfg.skip_invalid, report=report)]
     if report.get("skipped"):
         print0(f"skipped {report['skipped']} invalid rows: {report.get('reasons', {})}")
+    if not rows:
+        raise ValueError(f"no valid training rows in {', '.join(cfg.data)}")
+    model, tok = load_model(cfg, device, dtype[cfg.dtype])
     rendered, rstats = cdata.render_rows(rows, tok, max_len=cfg.max_seq_len)
     if not rendered:
         raise ValueError("no training rows left after rendering (all targets longer than --max-seq-len?)")
@@ -415,10 +417,12 @@ def plot_loss(metrics: Path, png: Path):
 
 
 def main(argv=None) -> int:
+    from coalm.data import DataError
+
     try:
         cfg = parse_config(argv)
         last = train(cfg)
-    except (ValueError, FileNotFoundError, TrainError) as e:
+    except (ValueError, FileNotFoundError, DataError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, TrainError) else 1
     except KeyboardInterrupt:
