@@ -87,19 +87,16 @@ def _theirs():
                     q.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4", compress_statistics=True)
                     setattr(parent, name, q.to(DEVICE))  # quantizes here
                     del w
-    for name, mod in model.named_modules():  # what is still on meta: embeddings, norms, lm_head, rotary buffers
+    if hasattr(model.model, "rotary_emb"):  # rebuilt off meta: its constructor computes the frequencies
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg).to(DEVICE)
+    for name, mod in model.named_modules():  # what is still on meta: embeddings, norms, lm_head
         for pname, p in list(mod.named_parameters(recurse=False)):
             if p.is_meta:
                 data = torch.ones(p.shape, dtype=DTYPE, device=DEVICE) if "norm" in name else \
                     torch.randn(p.shape, dtype=DTYPE, device=DEVICE) * 0.02
                 setattr(mod, pname, torch.nn.Parameter(data, requires_grad=False))
-        for bname, b in list(mod.named_buffers(recurse=False)):
-            if b.is_meta:
-                mod.register_buffer(bname, torch.empty(b.shape, dtype=b.dtype, device=DEVICE), persistent=False)
-    if hasattr(model.model, "rotary_emb"):
-        rot = model.model.rotary_emb
-        inv, scaling = rot.rope_init_fn(rot.config, DEVICE)
-        rot.inv_freq, rot.attention_scaling = inv, scaling
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
     if ON_GPU:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
