@@ -83,17 +83,28 @@ def lora_modules(model) -> dict[str, LoRALinear]:
 
 
 def apply_lora(model, rank: int = 16, alpha: float = 32, targets=None, dropout: float = 0.0,
-               quantize: bool = False):
-    """Replace the targeted nn.Linear layers (default: all seven per block) with LoRALinear; freeze everything else."""
+               quantize: bool = False, device=None):
+    """Replace the targeted nn.Linear layers (default: all seven per block) with LoRALinear; freeze everything else.
+
+    device: move the model there one block at a time, replacing (and, for QLoRA, quantizing) each block's layers
+    as it arrives, so that a model loaded into host memory never has its full-precision weights on the device at
+    once: the device holds the NF4 blocks done so far plus one full-precision block.
+    """
     targets = tuple(targets or ALL_LINEAR)
     unknown = set(targets) - set(ALL_LINEAR)
     if unknown:
         raise ValueError(f"unknown LoRA targets {sorted(unknown)}; valid: {', '.join(ALL_LINEAR)}")
     model.requires_grad_(False)
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if child_name in targets and isinstance(child, nn.Linear):
-                setattr(module, child_name, LoRALinear(child, rank, alpha, dropout, quantize))
+    blocks = list(model.layers) if device is not None else [model]
+    for block in blocks:
+        if device is not None:
+            block.to(device)
+        for module in list(block.modules()):
+            for child_name, child in list(module.named_children()):
+                if child_name in targets and isinstance(child, nn.Linear):
+                    setattr(module, child_name, LoRALinear(child, rank, alpha, dropout, quantize))
+    if device is not None:
+        model.to(device)  # embeddings, norms, the output layer and buffers
     model.lora_config = {"r": rank, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": list(targets)}
     return model
 

@@ -137,12 +137,16 @@ def load_model(cfg: TrainConfig, device, dtype):
             raise ValueError(f"{name} needs weights: pass --checkpoint DIR (an HF checkpoint with config.json and "
                              f"safetensors, e.g. meta-llama/Llama-3.1-8B-Instruct downloaded with huggingface-cli) "
                              f"or --random-init for a throughput run without weights")
+    # QLoRA on a GPU: load into host memory and quantize block by block on the way to the device, so the device
+    # never holds the full bf16 model (70B QLoRA then fits one 80 GB GPU).
+    stream = cfg.mode == "qlora" and cfg.tp == 1 and device.type == "cuda"
     if cfg.tp > 1:
         from .parallel import load_parallel
 
         model, tok = load_parallel(source, cfg.tp, random_init=cfg.random_init, dtype=dtype)
     else:
-        model, tok = load(source, dtype=dtype, device=device, random_init=cfg.random_init, seed=cfg.seed)
+        model, tok = load(source, dtype=dtype or (torch.bfloat16 if stream else None),
+                          device="cpu" if stream else device, random_init=cfg.random_init, seed=cfg.seed)
     if cfg.mode == "full":
         model.requires_grad_(True)
     elif cfg.tp > 1:
@@ -152,7 +156,8 @@ def load_model(cfg: TrainConfig, device, dtype):
                             quantize=cfg.mode == "qlora", seed=cfg.seed)
     else:
         torch.manual_seed(cfg.seed)  # LoRA A init
-        apply_lora(model, cfg.lora_rank, cfg.lora_alpha, dropout=cfg.lora_dropout, quantize=cfg.mode == "qlora")
+        apply_lora(model, cfg.lora_rank, cfg.lora_alpha, dropout=cfg.lora_dropout, quantize=cfg.mode == "qlora",
+                   device=device if stream else None)
     model.gradient_checkpointing = cfg.activation_checkpointing
     return model.train(), tok
 

@@ -120,3 +120,21 @@ def test_adapter_errors(hf_dir, tmp_path):
         load_adapter(other, tmp_path / "a")
     with pytest.raises(ValueError, match="unknown LoRA targets"):
         apply_lora(other, targets=["qkv"])
+
+
+def test_block_streamed_qlora_equals_in_place(hf_dir):
+    """apply_lora(device=...) (QLoRA's load path on a GPU: quantize each block on its way to the device) builds the
+    same NF4 codes, LoRA factors and outputs as quantizing the model where it is."""
+    a, _ = engine.load(hf_dir, dtype=torch.float32, device="cpu")
+    b, _ = engine.load(hf_dir, dtype=torch.float32, device="cpu")
+    torch.manual_seed(3)
+    apply_lora(a, rank=4, alpha=8, quantize=True)
+    torch.manual_seed(3)
+    apply_lora(b, rank=4, alpha=8, quantize=True, device="cpu")
+    ma, mb = lora_modules(a), lora_modules(b)
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        assert torch.equal(ma[k].nf4.packed, mb[k].nf4.packed) and torch.equal(ma[k].lora_A, mb[k].lora_A)
+    x = torch.randint(0, 777, (1, 30))
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
