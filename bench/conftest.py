@@ -46,6 +46,22 @@ def median_time(fn, warmup: int = 3, iters: int = 10) -> float:
     return statistics.median(times)
 
 
+def bnb_dequantizer(q, dtype):
+    """(fn, None) where fn() runs bitsandbytes' `dequantize_4bit` on the NF4 weight `q` on this device, or
+    (None, reason) when bitsandbytes is missing or cannot run here (the benchmark then skips that peer, saying so)."""
+    try:
+        import bitsandbytes.functional as bnbf
+    except ImportError as e:
+        return None, f"bitsandbytes not importable: {e}"
+    packed, qs = q.to_bnb()
+    qs.dtype = dtype
+    try:
+        bnbf.dequantize_4bit(packed, qs)
+    except Exception as e:  # noqa: BLE001 - any failure means the peer cannot run here
+        return None, f"bitsandbytes cannot dequantize on {DEVICE}: {type(e).__name__}: {e}"
+    return (lambda: bnbf.dequantize_4bit(packed, qs)), None
+
+
 def device_name() -> str:
     return torch.cuda.get_device_name() if ON_GPU else platform.processor() or platform.machine()
 

@@ -15,7 +15,7 @@ forward+backward: that plus the grad_x matmul). ratio = peer time / our time.
 import pytest
 import torch
 
-from bench.conftest import DEVICE, ON_GPU, median_time, pick, sync
+from bench.conftest import DEVICE, ON_GPU, bnb_dequantizer, median_time, pick, sync
 from kernels.lora_matmul import lora_linear
 from kernels.nf4 import quantize_nf4
 
@@ -45,20 +45,12 @@ def _step(layer, x, dy, mode):
 
 
 def _bnb_path(q, a, b):
-    try:
-        import bitsandbytes.functional as bnbf
-    except ImportError as e:
-        return None, f"bitsandbytes not importable: {e}"
-    packed, qs = q.to_bnb()
-    qs.dtype = DTYPE
-    try:
-        bnbf.dequantize_4bit(packed, qs)
-    except Exception as e:  # noqa: BLE001 - any failure means the peer cannot run here
-        return None, f"bitsandbytes cannot dequantize on {DEVICE}: {type(e).__name__}: {e}"
+    dequant, why = bnb_dequantizer(q, DTYPE)
+    if dequant is None:
+        return None, why
 
     def layer(x):
-        w = bnbf.dequantize_4bit(packed, qs)
-        return x @ w.T + SCALE * ((x @ a.T) @ b.T)
+        return x @ dequant().T + SCALE * ((x @ a.T) @ b.T)
     return layer, None
 
 

@@ -11,26 +11,11 @@ it moves the same total: ratio = copy time / our time is the fraction of copy ba
 
 import torch
 
-from bench.conftest import DEVICE, ON_GPU, median_time, pick, sync
+from bench.conftest import DEVICE, ON_GPU, bnb_dequantizer, median_time, pick, sync
 from kernels.nf4 import dequantize_nf4, quantize_nf4
 
 ROWS, COLS = pick((1024, 1024), (14336, 4096))
 DTYPE = pick(torch.float32, torch.bfloat16)
-
-
-def _bnb_peer(q):
-    """bitsandbytes' dequantizer on this device, or (None, reason)."""
-    try:
-        import bitsandbytes.functional as bnbf
-    except ImportError as e:
-        return None, f"bitsandbytes not importable: {e}"
-    packed, qs = q.to_bnb()
-    qs.dtype = DTYPE
-    try:
-        bnbf.dequantize_4bit(packed, qs)
-    except Exception as e:  # noqa: BLE001 - any failure means the peer cannot run here
-        return None, f"bitsandbytes cannot dequantize on {DEVICE}: {type(e).__name__}: {e}"
-    return (lambda: bnbf.dequantize_4bit(packed, qs)), None
 
 
 def test_nf4_dequant_bandwidth(benchmark, report):
@@ -53,7 +38,7 @@ def test_nf4_dequant_bandwidth(benchmark, report):
     t_copy = median_time(lambda: dst.copy_(src))
     report(name, t, "GB/s", nbytes / t / 1e9, peer="device copy of the same bytes", peer_time_s=t_copy)
 
-    bnb_fn, why = _bnb_peer(q)
+    bnb_fn, why = bnb_dequantizer(q, DTYPE)
     if bnb_fn is None:
         print(f"\n  no bitsandbytes peer: {why}")
         return
