@@ -274,6 +274,8 @@ def train(cfg: TrainConfig) -> dict:
              "fp32": torch.float32, "float32": torch.float32, None: None}
     if cfg.dtype not in dtype:
         raise ValueError(f"--dtype must be one of bf16, fp16, fp32, got {cfg.dtype!r}")
+    if device.type == "cuda" and dtype[cfg.dtype] == torch.float32:
+        raise ValueError("--dtype fp32 is not supported on a GPU: the Triton attention kernels take bf16 or fp16")
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.resume and _checkpoints(out):
         raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or another --out")
