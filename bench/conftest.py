@@ -62,6 +62,15 @@ def bnb_dequantizer(q, dtype):
     return (lambda: bnbf.dequantize_4bit(packed, qs)), None
 
 
+def require_package_files(module: str, what: str):
+    """Skip a benchmark whose model or data ships in a package that is not installed here (the lent GPU machine has
+    no network, and the SmolLM2 GGUF is larger than what can be carried to it), saying so."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{what} comes from the `{module}` package, which is not installed here", allow_module_level=True)
+
+
 def device_name() -> str:
     return torch.cuda.get_device_name() if ON_GPU else platform.processor() or platform.machine()
 

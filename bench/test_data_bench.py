@@ -7,10 +7,12 @@ masks and packed into 2048-token buckets. Target: >= 2,000 rows/s on 2 CPU cores
 encoding the same prompt and output texts (the floor that rendering adds template work and packing on top of).
 """
 
-from bench.conftest import median_time
+from bench.conftest import median_time, require_package_files
 from coalm.data import build_batches, load_sample
 from coalm.data.render import messages
 from engine.tokenizer import load_tokenizer
+
+require_package_files("llama_models", "the Llama 3 tokenizer")
 
 
 def test_render_pack_throughput(benchmark, report):

