@@ -150,3 +150,54 @@ def test_smollm2_qlora_steps_produce_a_working_adapter(tmp_path):
     model, _tok = engine.load("smollm2-135m", adapter=tmp_path / "adapter")
     assert len(lora_modules(model)) == 30 * 7
     assert any(m.lora_B.abs().max() > 0 for m in lora_modules(model).values())
+
+
+def test_full_finetune_saves_a_loadable_checkpoint_and_merge_cli(tmp_path):
+    """--full writes an HF checkpoint that transformers loads with the same logits; `engine.merge` folds a LoRA
+    adapter into a checkpoint whose logits equal the adapter applied at load time."""
+    import engine
+
+    transformers = pytest.importorskip("transformers")
+    train(parse_config([*TINY, "--full", "--steps", "2", "--lr", "1e-3", "--out", str(tmp_path / "full")]))
+    ours, _ = engine.load(tmp_path / "full" / "model", dtype=torch.float32, device="cpu")
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "full" / "model", dtype=torch.float32).eval()
+    x = torch.randint(0, 49152, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ours(x), hf(x).logits
+    assert (a - b).abs().max() / b.abs().max() < 1e-4
+
+    train(parse_config([*TINY, "--lora", "--steps", "2", "--lr", "1e-2", "--out", str(tmp_path / "lora"),
+                        "--model", str(tmp_path / "full" / "model")]))
+    r = subprocess.run(  # noqa: PLW1510 (the return code is asserted)
+        [sys.executable, "-m", "engine.merge", "--adapter", str(tmp_path / "lora" / "adapter"), "--out",
+         str(tmp_path / "merged"), "--dtype", "fp32"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with_adapter, _ = engine.load(tmp_path / "full" / "model", adapter=tmp_path / "lora" / "adapter",
+                                  dtype=torch.float32, device="cpu")
+    merged, _ = engine.load(tmp_path / "merged", dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        a, b = with_adapter(x), merged(x)
+    assert (a - b).abs().max() / a.abs().max() < 1e-5
+    assert not torch.equal(a, ours(x))  # the adapter did change the model
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    import engine
+    from engine.lora import apply_lora, lora_modules
+
+    model, _ = engine.load("debug", random_init=True, dtype=torch.float32, device="cpu")
+    apply_lora(model, rank=4, alpha=8)
+    for m in lora_modules(model).values():
+        torch.nn.init.normal_(m.lora_B, std=0.1)
+    model.train()
+    x = torch.randint(0, 49152, (1, 90), generator=torch.Generator().manual_seed(0))
+    cu = torch.tensor([0, 40, 90], dtype=torch.int32)
+    pos = torch.cat([torch.arange(40), torch.arange(50)])[None]
+    grads = []
+    for ckpt in (False, True):
+        model.gradient_checkpointing = ckpt
+        model.zero_grad()
+        model.loss(x, x, pos, cu, 50).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    for n in grads[0]:
+        assert torch.equal(grads[0][n], grads[1][n]), n
