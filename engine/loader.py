@@ -58,12 +58,25 @@ def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None,
         tokenizer = load_tokenizer(name)
     model.init_buffers(device)
     model = model.to(device=device)
+    if device.type == "cpu":
+        column_major_linears(model)
     model.eval().requires_grad_(False)
     if adapter is not None:
         from .lora import load_adapter
 
         load_adapter(model, adapter)
     return model, tokenizer
+
+
+@torch.no_grad()
+def column_major_linears(model):
+    """Store each linear weight (N, K) as the transpose of a contiguous (K, N) tensor: same values, shape and
+    names, but F.linear's x @ W^T then reads memory in order. On CPU this made greedy decoding of SmolLM2 1.22x
+    faster (bench/test_generate.py's setting, identical tokens) and LoRA training steps ~5% faster."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and m.weight.is_contiguous():
+            m.weight.data = m.weight.data.t().contiguous().t()
+    return model
 
 
 def resolve_name_or_none(name: str) -> str | None:
