@@ -44,7 +44,8 @@ SPLIT = {
 }
 
 
-def launch(mode, out_dir, *argv):
+def launch_ranks(cmd):
+    """Two processes of `cmd` with torchrun's environment variables (gloo on a free local port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -58,7 +59,7 @@ def launch(mode, out_dir, *argv):
     )
     return [
         subprocess.Popen(
-            [sys.executable, str(WORKER), mode, str(out_dir), *map(str, argv)],
+            cmd,
             cwd=ROOT,
             env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
             stdout=subprocess.PIPE,
@@ -67,6 +68,10 @@ def launch(mode, out_dir, *argv):
         )
         for r in range(2)
     ]
+
+
+def launch(mode, out_dir, *argv):
+    return launch_ranks([sys.executable, str(WORKER), mode, str(out_dir), *map(str, argv)])
 
 
 @pytest.fixture(scope="module")
@@ -280,22 +285,7 @@ def test_train_cli_with_tp2_writes_single_process_adapter(tmp_path):
         "--save-every",
         "1",
     ]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", OMP_NUM_THREADS="1")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "engine.train", *args, "--tp", "2", "--out", str(tmp_path / "tp")],
-            cwd=ROOT,
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(2)
-    ]
+    procs = launch_ranks([sys.executable, "-m", "engine.train", *args, "--tp", "2", "--out", str(tmp_path / "tp")])
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
