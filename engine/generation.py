@@ -55,7 +55,7 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 64, t
                          f"context of {limit}")
     cache = model.new_cache(B, int(lens.max()) + max_new_tokens)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
-    stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
+    stop_ids = set(stop_ids)
 
     # prefill: all prompts packed into one row, attention confined to each prompt
     tokens = torch.tensor([t for p in prompt_ids for t in p], device=device)[None]  # (1, total)
@@ -68,18 +68,19 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 64, t
     cache.lengths = lens.clone()
 
     out: list[list[int]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+    done = [False] * B
     rows = torch.arange(B, device=device)
     for step in range(max_new_tokens):
         nxt = _sample(logits, temperature, top_p, generator)  # (B,)
-        hit = torch.isin(nxt, stop)
-        for i, t in enumerate(nxt.tolist()):
-            if not done[i] and not hit[i]:
-                out[i].append(t)
-                if stop_check is not None and stop_check(i, out[i]):
-                    done[i] = True
-        done |= hit
-        if bool(done.all()) or step == max_new_tokens - 1:
+        for i, t in enumerate(nxt.tolist()):  # one device sync per step, then plain Python
+            if done[i]:
+                continue
+            if t in stop_ids:
+                done[i] = True
+                continue
+            out[i].append(t)
+            done[i] = stop_check is not None and stop_check(i, out[i])
+        if all(done) or step == max_new_tokens - 1:
             break
         pos = cache.lengths.long()[:, None]  # (B, 1): each sequence's next position
         cache.begin(pos, rows)

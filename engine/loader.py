@@ -11,6 +11,16 @@ from .model import build_model
 from .tokenizer import load_gguf_tokenizer, load_tokenizer
 from .weights import WeightsError, assign_state_dict, load_gguf, load_hf_state_dict, read_hf_config, smollm2_gguf_path
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """"bf16" | "fp16" | "fp32" (or torch's own names) -> torch dtype; anything else raises, listing the choices."""
+    key = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(name, name)
+    if key not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[key]
+
 
 def default_dtype(device) -> torch.dtype:
     """bf16 on GPUs, fp32 on CPUs (where bf16 matmuls are slow and the reference paths run)."""

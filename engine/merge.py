@@ -13,11 +13,9 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
 
 def merge(adapter: str | Path, out: str | Path, model: str | None = None, dtype: str = "bf16") -> Path:
-    from .loader import load
+    from .loader import load, parse_dtype
     from .lora import merge_lora
     from .weights import save_hf
 
@@ -27,11 +25,10 @@ def merge(adapter: str | Path, out: str | Path, model: str | None = None, dtype:
     base = model or json.loads(cfg_path.read_text()).get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{cfg_path} names no base model: pass --model")
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}")
+    out_dtype = parse_dtype(dtype)
     m, _ = load(base, adapter=adapter, dtype=torch.float32, device="cpu")
     merge_lora(m)
-    save_hf(m, out, dtype=DTYPES[dtype])
+    save_hf(m, out, dtype=out_dtype)
     return Path(out)
 
 
@@ -40,7 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--adapter", required=True, help="PEFT LoRA adapter directory")
     p.add_argument("--out", required=True, help="output directory for the merged HF checkpoint")
     p.add_argument("--model", help="base model (preset, HF dir or .gguf); default: the adapter's base_model")
-    p.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     a = p.parse_args(argv)
     try:
         out = merge(a.adapter, a.out, a.model, a.dtype)

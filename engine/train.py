@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from .dist import is_rank0, print0, rank, world_size
+from .loader import parse_dtype
 
 
 @dataclass
@@ -270,11 +271,8 @@ def train(cfg: TrainConfig) -> dict:
     from coalm.data.pack import make_batch
 
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "fp32": torch.float32, "float32": torch.float32, None: None}
-    if cfg.dtype not in dtype:
-        raise ValueError(f"--dtype must be one of bf16, fp16, fp32, got {cfg.dtype!r}")
-    if device.type == "cuda" and dtype[cfg.dtype] == torch.float32:
+    dtype = None if cfg.dtype is None else parse_dtype(cfg.dtype)
+    if device.type == "cuda" and dtype == torch.float32:
         raise ValueError("--dtype fp32 is not supported on a GPU: the Triton attention kernels take bf16 or fp16")
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.resume and _checkpoints(out):
@@ -282,13 +280,15 @@ def train(cfg: TrainConfig) -> dict:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    report: dict = {}  # rows first: a bad data file fails before minutes of model loading
-    rows = [r for spec in cfg.data for r in cdata.load(spec, skip_invalid=cfg.skip_invalid, report=report)]
-    if report.get("skipped"):
-        print0(f"skipped {report['skipped']} invalid rows: {report.get('reasons', {})}")
+    rows = []  # rows first: a bad data file fails before minutes of model loading
+    for spec in cfg.data:
+        report: dict = {}
+        rows += cdata.load(spec, skip_invalid=cfg.skip_invalid, report=report)
+        if report.get("skipped"):
+            print0(f"{spec}: skipped {report['skipped']} invalid rows: {report.get('reasons', {})}")
     if not rows:
         raise ValueError(f"no valid training rows in {', '.join(cfg.data)}")
-    model, tok = load_model(cfg, device, dtype[cfg.dtype])
+    model, tok = load_model(cfg, device, dtype)
     rendered, rstats = cdata.render_rows(rows, tok, max_len=cfg.max_seq_len)
     if not rendered:
         raise ValueError("no training rows left after rendering (all targets longer than --max-seq-len?)")
