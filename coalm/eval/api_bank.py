@@ -48,7 +48,7 @@ import re
 from pathlib import Path
 
 from coalm.eval._text_metrics import llamafactory_scores, rouge_f
-from coalm.eval.base import EvalError, benchmark_dir
+from coalm.eval.base import EvalError, benchmark_dir, read_jsonl
 
 LEVEL_DIRS = {1: "level-1-given-desc", 2: "level-2-toolsearcher"}
 KINDS = ("api_call", "response")
@@ -303,14 +303,7 @@ def _csv_choice(text: str, valid, what: str, cast=str):
 
 
 def _read_dialogue(path: Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise EvalError(f"{path}:{n}: not JSON ({e})") from None
-    return rows
+    return read_jsonl(path, keys=("role",))
 
 
 def official_samples(rows: list[dict]) -> list[tuple[list[dict], dict]]:
@@ -369,18 +362,7 @@ def read_responses(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"responses file {path} not found")
-    out = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvalError(f"{path}:{n}: not JSON ({e})") from None
-        if not isinstance(row, dict) or not {"file", "id", "pred"} <= set(row):
-            raise EvalError(f'{path}:{n}: expected {{"file", "id", "pred"}}, got {str(row)[:200]}')
-        out[f"{row['file']}#{row['id']}"] = str(row["pred"])
-    return out
+    return {f"{row['file']}#{row['id']}": str(row["pred"]) for row in read_jsonl(path, keys=("file", "id", "pred"))}
 
 
 def responses_from_texts(examples: list[dict], texts: list[str]) -> dict:
