@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: demo test bench gpu lint
+.PHONY: demo agent test bench gpu lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m engine.demo
+
+# The CoALM agent recipe end to end: build the data, fine-tune the embedded model, score base vs tuned (long).
+agent: $(STAMP)
+	$(PY) -m coalm.agent
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(JOBS) tests

@@ -7,6 +7,9 @@ Each module exposes the same small interface (see `coalm.eval.base`):
   responses_from_texts(examples, texts) -> the same mapping, built from freshly generated texts
   write_responses(path, examples, responses)  saves them in the benchmark's own format
   evaluate(examples, responses)         -> report {"summary": {...}, "items": [{"id", "verdict"|"score", "error"}]}
+  generate(examples, backend, args, save)  (optional) -> responses, for tasks with several model steps per item;
+                                        `backend.chat(conversations, max_new_tokens)` (coalm.eval.backends) gives
+                                        the model's texts, `save(done_examples, responses)` checkpoints them
 """
 
 import importlib

@@ -3,6 +3,8 @@
     python -m coalm.eval --bench bfcl --responses result.jsonl --out reports/bfcl.json
     python -m coalm.eval --bench bfcl --model smollm2-135m --adapter out/adapter --category simple --limit 50
     python -m coalm.eval --bench multiwoz --data-root /data --responses preds.json
+    python -m coalm.eval --bench api-bank --base-url http://127.0.0.1:8000/v1 --model-name coalm --concurrency 8
+    python -m coalm.eval --suite coalm --model smollm2-135m --adapter runs/agent/adapter   (see coalm.eval.suite)
 
 With --model the raw outputs are also saved next to the report (`<report stem>.responses<suffix>`, in the
 benchmark's own format) so they can be re-scored with --responses. Each benchmark adds its own flags
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 from coalm.eval import REGISTRY, get_task
+from coalm.eval.backends import make_backend
 from coalm.eval.base import EvalError, data_root, write_report
 
 
@@ -28,7 +31,14 @@ def _parser(task=None) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--responses", help="score saved model outputs (the benchmark's own format)")
     src.add_argument("--model", help="generate with this model: preset name, HF checkpoint dir or .gguf file")
+    src.add_argument("--base-url", help="generate through this OpenAI-compatible endpoint (e.g. http://host:8000/v1)")
     p.add_argument("--adapter", default=None, help="LoRA adapter dir to apply to --model")
+    p.add_argument("--quantize", default=None, choices=["nf4"], help="store --model's base linear weights in NF4")
+    p.add_argument("--model-name", default=None, help="model name sent to --base-url (default: its first model)")
+    p.add_argument("--api-key", default=None, help="bearer token for --base-url (default: $OPENAI_API_KEY)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight against --base-url")
+    p.add_argument("--prompt-style", default="official", choices=["official", "coalm"],
+                   help="official: the benchmark's own prompts; coalm: the CoALM-IT formats (models trained on them)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
@@ -38,20 +48,27 @@ def _parser(task=None) -> argparse.ArgumentParser:
     return p
 
 
-def _generate(task, examples, args, responses_path: Path) -> dict:
+def _generate(task, examples, args, responses_path: Path, backend=None) -> dict:
+    """Model outputs for `examples` through a backend (a local model or an endpoint). A task with its own
+    `generate(examples, backend, args, save)` (several model steps per item) runs it; the others get one
+    `chat` call per example, in chunks, with the outputs saved after every chunk so that an interrupted run still
+    leaves them to re-score."""
     from tqdm import tqdm
 
-    import engine  # imported here: scoring saved outputs needs no torch
+    backend = backend or make_backend(args)
 
-    model, tok = engine.load(args.model, adapter=args.adapter)
+    def save(done: list[dict], responses: dict) -> None:
+        task.write_responses(responses_path, done, responses)
+
+    if hasattr(task, "generate"):
+        return task.generate(examples, backend, args, save)
     texts: list[str] = []
+    step = max(1, args.batch_size if getattr(args, "base_url", None) is None else args.concurrency)
     bar = tqdm(total=len(examples), desc=f"{args.bench} generate", unit="ex")
-    for i in range(0, len(examples), args.batch_size):
-        batch = examples[i:i + args.batch_size]
-        texts += engine.generate(model, tok, [ex["messages"] for ex in batch],
-                                 max_new_tokens=args.max_new_tokens, temperature=0.0)
-        # Saved after every batch, so an interrupted run still leaves its outputs to re-score.
-        task.write_responses(responses_path, examples[:len(texts)], task.responses_from_texts(examples, texts))
+    for i in range(0, len(examples), step):
+        batch = examples[i:i + step]
+        texts += backend.chat([ex["messages"] for ex in batch], max_new_tokens=args.max_new_tokens)
+        save(examples[:len(texts)], task.responses_from_texts(examples[:len(texts)], texts))
         bar.update(len(batch))
     bar.close()
     return task.responses_from_texts(examples, texts)
@@ -82,6 +99,10 @@ def print_summary(summary: dict, file=None) -> None:
 
 def run(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--suite" or a.startswith("--suite=") for a in argv):
+        from coalm.eval import suite  # the three benchmarks in one scorecard
+
+        return suite.main(argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--bench", choices=list(REGISTRY))
     known, _ = pre.parse_known_args(argv)
@@ -114,7 +135,8 @@ def run(argv=None) -> int:
     report = task.evaluate(examples, responses)
     report["meta"] = {
         "bench": args.bench, "data_root": str(data_root(args.data_root)), "n_examples": len(examples),
-        "responses": str(responses_path), "model": args.model, "adapter": args.adapter,
+        "responses": str(responses_path), "model": args.model or args.base_url, "adapter": args.adapter,
+        "model_name": args.model_name, "prompt_style": args.prompt_style,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "argv": argv,
     }

@@ -1,0 +1,60 @@
+"""Where the evaluators' text comes from: a model loaded in this process, or an OpenAI-compatible endpoint.
+
+Every benchmark generates through one small interface, so a task never knows which it talks to:
+
+    backend = make_backend(args)                  # from the CLI flags (--model/--adapter, or --base-url)
+    texts = backend.chat(conversations, max_new_tokens=128)   # OpenAI-style message lists in, assistant texts out
+
+`chat` is greedy (temperature 0) and returns texts in input order. Tasks that need several model steps per item
+(BFCL multi-turn) call it once per step with the batch of items still running.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Backend(Protocol):
+    name: str
+
+    def chat(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+        ...
+
+
+class LocalBackend:
+    """A model loaded with `engine.load`, generating in batches of `batch_size` conversations."""
+
+    def __init__(self, model: str, adapter: str | None = None, batch_size: int = 8, **load_kwargs):
+        import engine  # imported here: scoring saved outputs needs no torch
+
+        self.name = model if adapter is None else f"{model}+{adapter}"
+        self.batch_size = max(1, int(batch_size))
+        self.model, self.tokenizer = engine.load(model, adapter=adapter, **load_kwargs)
+
+    def chat(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+        import engine
+
+        texts: list[str] = []
+        for i in range(0, len(conversations), self.batch_size):
+            texts += engine.generate(self.model, self.tokenizer, conversations[i:i + self.batch_size],
+                                     max_new_tokens=max_new_tokens, temperature=0.0)
+        return texts
+
+
+def load_kwargs(args) -> dict:
+    """engine.load options given on the command line (only those set, so older engines keep working)."""
+    out = {}
+    if getattr(args, "quantize", None):
+        out["quantize"] = args.quantize
+    return out
+
+
+def make_backend(args) -> Backend:
+    """--base-url -> an endpoint client (coalm.eval.endpoint); else --model loaded in this process."""
+    if getattr(args, "base_url", None):
+        from coalm.eval.endpoint import EndpointBackend
+
+        return EndpointBackend(args.base_url, model_name=getattr(args, "model_name", None),
+                               api_key=getattr(args, "api_key", None),
+                               concurrency=getattr(args, "concurrency", 4))
+    return LocalBackend(args.model, adapter=args.adapter, batch_size=args.batch_size, **load_kwargs(args))
