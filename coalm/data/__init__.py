@@ -12,13 +12,13 @@ import os
 
 from .formats import FORMATS, row_format
 from .mix import dedup, mix
-from .pack import build_batches, pack, pack_buckets
+from .pack import StepBatches, build_batches, pack, pack_buckets
 from .render import IGNORE, render_row, render_rows
 from .rows import DataError, load_rows, save_rows, validate_row
 from .sample import generate_sample, load_sample, score_sample
 
 __all__ = [
-    "FORMATS", "IGNORE", "DataError", "build_batches", "dedup", "generate_sample", "load", "load_rows",
+    "FORMATS", "IGNORE", "DataError", "StepBatches", "build_batches", "dedup", "generate_sample", "load", "load_rows",
     "load_sample", "mix", "pack", "pack_buckets", "render_row", "render_rows", "row_format", "save_rows",
     "score_sample", "validate_row",
 ]

@@ -1,4 +1,9 @@
-"""Padding-free packing of rendered rows into `max_seq_len` buckets, and the training batches built from them.
+"""Batching of rendered rows: the trainer's per-step micro-batches (`StepBatches`), and padding-free packing into
+`max_seq_len` buckets (`pack`, for packing statistics); both build their batches with `make_batch`.
+
+The trainer's batches count rows (examples), as the CoALM paper does: each optimizer step takes `global_batch_size`
+rows in a seeded order per epoch (a resumed run sees exactly the data the uninterrupted one would), split into
+micro-batches of `micro_batch_size` rows, each packed into one padding-free row.
 
 Buckets are filled first-fit decreasing (rows sorted by length, longest first; each goes into the first bucket
 with room), which is within 11/9 of the optimal bucket count. A row is never split; a row longer than
@@ -20,6 +25,7 @@ Efficiency = real tokens / (buckets * max_seq_len): the share of a fixed-size (p
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -68,7 +74,50 @@ def make_batch(rendered: list[tuple[list[int], list[int]]], index: list[int]) ->
         "cu_seqlens": torch.tensor(cu, dtype=torch.int32),
         "max_seqlen": max(len(rendered[i][0]) for i in index),
         "row_index": list(index),
+        "n_targets": sum(sum(t != IGNORE for t in rendered[i][1]) for i in index),  # tokens that carry loss
     }
+
+
+class StepBatches:
+    """Micro-batches of each optimizer step; `n_targets` of every batch weights its loss within the step."""
+
+    def __init__(self, rendered: list[tuple[list[int], list[int]]], global_batch_size: int, micro_batch_size: int,
+                 seed: int = 0):
+        if not rendered:
+            raise ValueError("no rows to batch")
+        self.rendered, self.seed = rendered, seed
+        self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
+        self.steps_per_epoch = math.ceil(len(rendered) / global_batch_size)
+        self.summary = f"{len(rendered)} rows, {sum(len(x) for x, _ in rendered)} tokens"
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], tok, max_seq_len: int, global_batch_size: int, micro_batch_size: int,
+                  seed: int = 0) -> StepBatches:
+        """Render (truncating prompts to max_seq_len; rows whose target cannot fit are dropped and counted)."""
+        from .render import render_rows
+
+        rendered, rstats = render_rows(rows, tok, max_len=max_seq_len)
+        if not rendered:
+            raise ValueError(f"no training rows left after rendering (all {len(rows)} targets longer than "
+                             f"--max-seq-len {max_seq_len}?)")
+        self = cls(rendered, global_batch_size, micro_batch_size, seed)
+        self.summary += (f" ({rstats.truncated} truncated, {rstats.dropped} dropped: target longer than "
+                         f"--max-seq-len {max_seq_len})")
+        return self
+
+    def total_steps(self, epochs: float, steps: int | None = None) -> int:
+        return steps or max(1, math.ceil(epochs * self.steps_per_epoch))
+
+    def step_rows(self, step: int) -> list[list[int]]:
+        """Row indices of each micro-batch of optimizer step `step` (0-based)."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        order = list(range(len(self.rendered)))
+        random.Random(self.seed * 100003 + epoch).shuffle(order)
+        chosen = order[k * self.global_batch_size:(k + 1) * self.global_batch_size]
+        return [chosen[i:i + self.micro_batch_size] for i in range(0, len(chosen), self.micro_batch_size)]
+
+    def step(self, step: int) -> list[dict]:
+        return [make_batch(self.rendered, idx) for idx in self.step_rows(step)]
 
 
 def pack(rendered: list[tuple[list[int], list[int]]], max_seq_len: int, seed: int | None = 0) -> tuple[list[dict],

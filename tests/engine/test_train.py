@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.train import TrainConfig, TrainError, _checkpoints, parse_config, train
+from engine.checkpoint import list_checkpoints as _checkpoints
+from engine.train import TrainConfig, TrainError, parse_config, train
 
 TINY = [
     "--model",

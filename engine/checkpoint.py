@@ -1,0 +1,111 @@
+"""Training checkpoints (`out/checkpoints/step-N/`: trainable tensors, optimizer, scheduler, RNG per rank) and the
+final outputs of a run (`out/adapter/` in PEFT format, or `out/model/` for a full fine-tune).
+
+Writes are atomic per checkpoint: every rank writes into step-N.tmp, rank 0 renames it to step-N, so a run killed
+mid-write leaves the previous checkpoint intact (an unrenamed .tmp is ignored and overwritten).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from .dist import is_rank0, print0, rank, world_size
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """This rank's trainable parameters by our module names (under tensor parallelism, its own shards)."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    d = Path(out) / "checkpoints"
+    done = [p for p in d.glob("step-*") if not p.name.endswith(".tmp") and (p / "state-rank0.pt").is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _barrier():
+    if world_size() > 1:
+        torch.distributed.barrier()
+
+
+def save_checkpoint(out: Path, step: int, model, opt, sched, keep_last: int):
+    from safetensors.torch import save_file
+
+    final = out / "checkpoints" / f"step-{step}"
+    tmp = final.with_name(final.name + ".tmp")
+    if is_rank0():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    r = rank()
+    save_file(trainable_state(model), str(tmp / f"trainable-rank{r}.safetensors"))
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng},
+               tmp / f"state-rank{r}.pt")
+    _barrier()
+    if is_rank0():
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in list_checkpoints(out)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load_checkpoint(path: Path, model, opt, sched) -> int:
+    from safetensors.torch import load_file
+
+    r = rank()
+    saved = load_file(str(path / f"trainable-rank{r}.safetensors"))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != set(params):
+        raise ValueError(f"{path} does not match this run's trainable parameters (different mode, rank or model?)")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(saved[n])
+    state = torch.load(path / f"state-rank{r}.pt", weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    py = state["rng"]["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(state["step"])
+
+
+def save_final(model, cfg, out: Path):
+    """The run's result: out/adapter (PEFT) for LoRA/QLoRA, out/model (HF safetensors) for a full fine-tune."""
+    if cfg.tp > 1:
+        from .parallel import save_adapter_parallel
+
+        tmp = out / "adapter.tmp"
+        save_adapter_parallel(model, tmp, base_model=cfg.checkpoint or cfg.model)  # a collective: every rank
+        if is_rank0():
+            shutil.rmtree(out / "adapter", ignore_errors=True)
+            os.replace(tmp, out / "adapter")
+        return
+    if not is_rank0():
+        return
+    if cfg.mode == "full":
+        from .weights import save_hf
+
+        save_hf(model, out / "model", dtype=next(model.parameters()).dtype)
+        print0(f"model saved to {out / 'model'}")
+    else:
+        from .lora import save_adapter
+
+        tmp = out / "adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_adapter(model, tmp, base_model=cfg.checkpoint or cfg.model)
+        shutil.rmtree(out / "adapter", ignore_errors=True)
+        os.replace(tmp, out / "adapter")
+        print0(f"adapter saved to {out / 'adapter'}")
