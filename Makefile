@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m engine.demo
+	$(PY) -m coalm.demo
 
 # The CoALM agent recipe end to end: build the data, fine-tune the embedded model, score base vs tuned (long).
 agent: $(STAMP)

@@ -15,12 +15,12 @@ from .mix import dedup, mix
 from .pack import StepBatches, build_batches, pack, pack_buckets
 from .render import IGNORE, render_row, render_rows
 from .rows import DataError, load_rows, save_rows, validate_row
-from .sample import generate_sample, load_sample, score_sample
+from .sample import generate_sample, load_sample
 
 __all__ = [
     "FORMATS", "IGNORE", "DataError", "StepBatches", "build_batches", "dedup", "generate_sample", "load", "load_rows",
     "load_sample", "mix", "pack", "pack_buckets", "render_row", "render_rows", "row_format", "save_rows",
-    "score_sample", "validate_row",
+    "validate_row",
 ]
 
 

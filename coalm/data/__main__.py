@@ -21,7 +21,7 @@ from collections import Counter
 from importlib.util import find_spec
 from pathlib import Path
 
-from coalm.eval.base import data_root
+from coalm.paths import data_root
 
 from . import load
 from .builders import BUILDERS

@@ -4,7 +4,7 @@
 
 writes the train part there and the held-out eval part beside it (`coalm_it_sample_eval.jsonl`). Generation is
 deterministic for a seed. The sample is the default training data (`--data sample`); `--data sample-eval` is what
-the demo scores before and after fine-tuning with `score_sample`.
+the demo scores before and after fine-tuning (`python -m coalm.eval --bench sample`, coalm/eval/sample.py).
 
 What it teaches, so that a 135M model fine-tuned for minutes on a CPU shows a measurable change: one fixed
 instruction per format, short tool lists, and outputs whose exact form is checkable (a JSON list of calls, a DST
@@ -277,55 +277,3 @@ def load_sample(split: str = "train") -> list[dict]:
         raise DataError(f"embedded sample missing at {path}; regenerate with "
                         "`python -m coalm.data sample --out coalm/data/sample/coalm_it_sample.jsonl`")
     return load_rows(path)
-
-
-# ---- scoring -----------------------------------------------------------------------------------------------------
-
-
-def _canon_calls(calls: list[dict]) -> list:
-    import json
-
-    return sorted(json.dumps(c, sort_keys=True, ensure_ascii=False) for c in calls)
-
-
-def _parse(fmt: str, text: str):
-    if fmt == "la":
-        calls = F.parse_calls(text)
-        return None if calls is None else _canon_calls(calls)
-    if fmt == "dst":
-        return F.parse_dst(text)
-    if fmt == "cra_action":
-        return F.parse_action(text)
-    if fmt == "cra_response":
-        t = text.strip()
-        return " ".join(t[len("System:"):].split()) if t.startswith("System:") else None
-    return None
-
-
-def score_sample(rows: list[dict], predictions: list[str]) -> dict:
-    """Exact match per format on parsed outputs: JSON call lists (order-free), DST JSON, Action calls, replies.
-
-    Returns {format: {"n", "parsed", "exact"}, ..., "overall": {...}}; `parsed` counts predictions in the right
-    shape, `exact` those equal to the reference after parsing (rates are fractions of n). The prediction must be
-    the whole output: text around a JSON list makes it unparsable.
-    """
-    if len(rows) != len(predictions):
-        raise DataError(f"score_sample: {len(rows)} rows but {len(predictions)} predictions")
-    stats: dict[str, dict] = {}
-    for row, pred in zip(rows, predictions):
-        fmt = F.row_format(row)
-        ref = _parse(fmt, row["output"])
-        if ref is None:
-            raise DataError(f"score_sample: reference output of row {(row.get('meta') or {}).get('id')} "
-                            f"does not parse as {fmt}")
-        got = _parse(fmt, pred if isinstance(pred, str) else "")
-        s = stats.setdefault(fmt, {"n": 0, "parsed": 0, "exact": 0})
-        s["n"] += 1
-        s["parsed"] += got is not None
-        s["exact"] += got is not None and got == ref
-    total = {k: sum(s[k] for s in stats.values()) for k in ("n", "parsed", "exact")}
-    out = {}
-    for fmt, s in sorted(stats.items()) + [("overall", total)]:
-        n = max(s["n"], 1)
-        out[fmt] = {"n": s["n"], "parsed": s["parsed"] / n, "exact": s["exact"] / n}
-    return out

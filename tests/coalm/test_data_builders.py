@@ -1,4 +1,4 @@
-"""Builders on the shared sources, the contamination check, mixtures, and the embedded sample + its scorer."""
+"""Builders on the shared sources, the contamination check, mixtures, and the embedded sample."""
 
 import itertools
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coalm.data import DataError, generate_sample, load_sample, mix, score_sample, validate_row
+from coalm.data import DataError, generate_sample, load_sample, mix, validate_row
 from coalm.data import formats as F
 from coalm.data.builders import build_sgd_cra, build_sgd_la, build_snips_dst
 from coalm.data.contamination import ContaminationIndex, benchmark_queries
@@ -130,25 +130,3 @@ def test_sample_committed_deterministic_and_disjoint():
         assert validate_row(r) is None and F.row_format(r) == r["meta"]["format"]
     sample_dir = Path(__file__).resolve().parents[2] / "coalm/data/sample"
     assert sorted(p.name for p in sample_dir.iterdir()) == ["coalm_it_sample.jsonl", "coalm_it_sample_eval.jsonl"]
-
-
-def test_score_sample():
-    rows = load_sample("eval")
-    perfect = score_sample(rows, [r["output"] for r in rows])
-    assert perfect["overall"] == {"n": len(rows), "parsed": 1.0, "exact": 1.0}
-    assert set(perfect) == {"la", "dst", "cra_action", "cra_response", "overall"}
-    assert score_sample(rows, [""] * len(rows))["overall"]["parsed"] == 0.0
-    la = next(r for r in rows if r["meta"]["format"] == "la" and r["output"] != "[]")
-    calls = json.loads(la["output"])
-    reordered = json.dumps([{"arguments": dict(reversed(list(c["arguments"].items()))), "name": c["name"]}
-                            for c in calls], indent=2)
-    wrong = json.dumps([{"name": calls[0]["name"], "arguments": {k: v + "x" for k, v in calls[0]["arguments"].items()}}])
-    assert score_sample([la] * 3, [reordered, wrong, "Sure! " + la["output"]])["la"] == {
-        "n": 3, "parsed": 2 / 3, "exact": 1 / 3}
-    act = next(r for r in rows if r["meta"]["format"] == "cra_action")
-    name, args = F.parse_action(act["output"])
-    spaced = "Action: " + name + "(" + " , ".join(f'{k} = "{v}"' for k, v in args.items()) + ")"
-    assert score_sample([act] * 3, [spaced, "Action: __import__('os').system('x')", "Action: f(1)"])[
-        "cra_action"] == {"n": 3, "parsed": 1 / 3, "exact": 1 / 3}
-    with pytest.raises(DataError, match="2 rows but 1 predictions"):
-        score_sample(rows[:2], ["x"])

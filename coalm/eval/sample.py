@@ -1,0 +1,98 @@
+"""The embedded CoALM-IT sample's held-out split as a benchmark: exact match per CoALM-IT format.
+
+    python -m coalm.eval --bench sample --model smollm2-135m --adapter runs/demo/adapter --max-new-tokens 64
+
+Formats and their parsed comparison: function-calling JSON lists (`la`, order-free), dialogue-state JSON (`dst`),
+ReAct actions (`cra_action`) and templated replies (`cra_response`). The prediction must be the whole output: text
+around a JSON list makes it unparsable. Needs no data root (the sample ships in coalm/data/sample/).
+Saved outputs: JSON Lines `{"id", "result"}` (the row's meta id and the model's text), as BFCL's result files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from coalm.data import formats as F
+from coalm.data import load_sample
+from coalm.data.render import messages
+from coalm.eval.base import EvalError, read_jsonl
+
+RESPONSES_SUFFIX = ".jsonl"
+
+
+def _canon_calls(calls: list[dict]) -> list:
+    return sorted(json.dumps(c, sort_keys=True, ensure_ascii=False) for c in calls)
+
+
+def _parse(fmt: str, text: str):
+    if fmt == "la":
+        calls = F.parse_calls(text)
+        return None if calls is None else _canon_calls(calls)
+    if fmt == "dst":
+        return F.parse_dst(text)
+    if fmt == "cra_action":
+        return F.parse_action(text)
+    if fmt == "cra_response":
+        t = text.strip()
+        return " ".join(t[len("System:"):].split()) if t.startswith("System:") else None
+    return None
+
+
+def score_sample(rows: list[dict], predictions: list[str]) -> dict:
+    """Exact match per format on parsed outputs: {format: {"n", "parsed", "exact"}, ..., "overall": {...}};
+    `parsed` counts predictions in the right shape, `exact` those equal to the reference after parsing (rates are
+    fractions of n)."""
+    return _score(rows, predictions)[0]
+
+
+def _score(rows: list[dict], predictions: list) -> tuple[dict, list[dict]]:
+    if len(rows) != len(predictions):
+        raise EvalError(f"score_sample: {len(rows)} rows but {len(predictions)} predictions")
+    stats: dict[str, dict] = {}
+    items = []
+    for row, pred in zip(rows, predictions):
+        fmt = F.row_format(row)
+        ref = _parse(fmt, row["output"])
+        rid = (row.get("meta") or {}).get("id")
+        if ref is None:
+            raise EvalError(f"score_sample: reference output of row {rid} does not parse as {fmt}")
+        got = _parse(fmt, pred if isinstance(pred, str) else "")
+        s = stats.setdefault(fmt, {"n": 0, "parsed": 0, "exact": 0})
+        s["n"] += 1
+        s["parsed"] += got is not None
+        s["exact"] += got is not None and got == ref
+        verdict = "correct" if got is not None and got == ref else "wrong" if got is not None else "unparsable"
+        items.append({"id": rid, "format": fmt, "verdict": verdict, "error": None if verdict == "correct" else verdict})
+    total = {k: sum(s[k] for s in stats.values()) for k in ("n", "parsed", "exact")}
+    out = {}
+    for fmt, s in sorted(stats.items()) + [("overall", total)]:
+        n = max(s["n"], 1)
+        out[fmt] = {"n": s["n"], "parsed": s["parsed"] / n, "exact": s["exact"] / n}
+    return out, items
+
+
+# ---- the coalm.eval task interface -------------------------------------------------------------------------------
+def load_examples(data_root=None, args=None) -> list[dict]:
+    return [{"id": r["meta"]["id"], "messages": messages(r), "row": r} for r in load_sample("eval")]
+
+
+def responses_from_texts(examples: list[dict], texts: list[str]) -> dict:
+    return {ex["id"]: t for ex, t in zip(examples, texts)}
+
+
+def read_responses(path) -> dict:
+    return {r["id"]: r["result"] for r in read_jsonl(path, keys=("id", "result"))}
+
+
+def write_responses(path, examples: list[dict], responses: dict) -> None:
+    lines = [json.dumps({"id": ex["id"], "result": responses[ex["id"]]}, ensure_ascii=False)
+             for ex in examples if ex["id"] in responses]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+
+
+def evaluate(examples: list[dict], responses: dict) -> dict:
+    """A missing response scores as unparsable."""
+    summary, items = _score([ex["row"] for ex in examples], [responses.get(ex["id"], "") for ex in examples])
+    return {"summary": summary, "items": items}
