@@ -6,23 +6,11 @@ import json
 import os
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parents[2]
+from coalm.paths import data_root  # noqa: F401  (re-exported: the one lookup lives in coalm.paths)
 
 
 class EvalError(Exception):
     """A user-facing problem (missing data, malformed responses file); the CLI prints it and exits 2."""
-
-
-def data_root(explicit: str | os.PathLike | None = None) -> Path:
-    """--data-root, else $COALM_DATA, else ../shared/data beside the checkout (or the cwd), else ~/.cache/coalm."""
-    if explicit:
-        return Path(explicit)
-    if os.environ.get("COALM_DATA"):
-        return Path(os.environ["COALM_DATA"])
-    for cand in (_REPO.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
-        if cand.is_dir():
-            return cand
-    return Path.home() / ".cache" / "coalm"
 
 
 def benchmark_dir(root: Path, name: str) -> Path:
