@@ -20,13 +20,14 @@ def benchmark_dir(root: Path, name: str) -> Path:
     return d
 
 
-def read_jsonl(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> list[dict]:
-    """JSON Lines -> the objects, in order. Every malformed line is one EvalError naming file:line.
+def read_jsonl_lines(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
+    """JSON Lines -> (line number, object) pairs, in order. Every malformed line is one EvalError naming file:line.
 
     Blank lines are skipped. A line that is not JSON, is nested too deep for the parser (RecursionError), is not an
     object, or lacks one of `keys` is reported with its line number; the caller's data is never half-read."""
     path = Path(path)
     rows = []
+    lineno = 0
     try:
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
@@ -44,17 +45,53 @@ def read_jsonl(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> list[dict
                 if missing:
                     raise EvalError(f"{path}:{lineno}: expected a JSON object with {', '.join(map(repr, keys))}; "
                                     f"missing {', '.join(map(repr, missing))}")
-                rows.append(row)
+                rows.append((lineno, row))
     except UnicodeDecodeError as e:
-        raise EvalError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise EvalError(f"{path}:{lineno + 1}: not UTF-8 text ({e.reason})") from None
     return rows
 
 
+def read_jsonl(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> list[dict]:
+    """JSON Lines -> the objects (see `read_jsonl_lines`)."""
+    return [row for _, row in read_jsonl_lines(path, keys)]
+
+
+def json_text(obj, **kwargs) -> str:
+    """json.dumps with readable non-ASCII text; lone surrogates (which UTF-8 cannot hold) stay JSON escapes."""
+    text = json.dumps(obj, ensure_ascii=False, **kwargs)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def plain(obj, depth: int = 0):
+    """A copy of `obj` that JSON can always hold: ints too long to print, sets, tuples and other objects become
+    short strings or lists; nesting is cut at 64 levels (reports must be written whatever a scorer put in them)."""
+    if depth > 64:
+        return "<nested too deeply>"
+    if obj is None or isinstance(obj, (str, bool, float)):
+        return obj
+    if isinstance(obj, int):
+        try:
+            str(obj)
+        except ValueError:  # more digits than sys.get_int_max_str_digits()
+            return f"<int of {obj.bit_length()} bits>"
+        return obj
+    if isinstance(obj, dict):
+        return {k if isinstance(k, str) else str(plain(k, depth + 1)): plain(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (set, frozenset)):
+        return [plain(v, depth + 1) for v in sorted(obj, key=repr)]
+    if isinstance(obj, (list, tuple)):
+        return [plain(v, depth + 1) for v in obj]
+    return repr(obj)[:200]
+
+
 def write_report(report: dict, path: str | os.PathLike) -> Path:
-    """Write atomically, so an interrupted run never leaves half a report."""
+    """Write atomically, so an interrupted run never leaves half a report (nor a stray temporary file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json_text(plain(report), indent=1), encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not (ROOT / "bfcl").is_dir(), reason="needs the 
 
 @pytest.fixture(scope="module")
 def examples():
-    return bfcl.load_examples(ROOT, None)
+    return bfcl.load_examples(ROOT, type("A", (), {"category": "single_turn"})())
 
 
 # ---------------------------------------------------------------- rendering possible answers as model output
@@ -398,8 +398,14 @@ def test_aggregation_matches_the_v3_formula():
     got = bfcl.aggregate(acc)
     want = {"non_live_simple": simple, "non_live_ast": non_live_ast, "non_live_overall": non_live,
             "live_ast": live_ast, "live_overall": live, "relevance": acc["live_relevance"],
-            "irrelevance": (acc["irrelevance"] + acc["live_irrelevance"]) / 2, "overall_single_turn": (non_live + live) / 2}
-    assert got == pytest.approx(want, rel=1e-12)
+            "irrelevance": (acc["irrelevance"] + acc["live_irrelevance"]) / 2, "overall_single_turn": (non_live + live) / 2,
+            "overall": (non_live + live) / 2}
+    assert got.pop("multi_turn_overall") is None and got == pytest.approx(want, rel=1e-12)
+    # The leaderboard's Overall: unweighted mean of Non-Live, Live and Multi-Turn overall (mean of its 4 parts).
+    mt = {c: 0.1 * (i + 1) for i, c in enumerate(bfcl.MULTI_TURN)}
+    got = bfcl.aggregate({**acc, **mt})
+    assert got["multi_turn_overall"] == pytest.approx(sum(mt.values()) / 4, rel=1e-12)
+    assert got["overall"] == pytest.approx((non_live + live + sum(mt.values()) / 4) / 3, rel=1e-12)
 
     # Over the categories present only: with java and live_parallel absent.
     part = {c: a for c, a in acc.items() if c not in ("java", "live_parallel")}
@@ -418,7 +424,6 @@ def test_summary_reports_subsets_and_multi_turn(examples):
     assert summary["categories"]["live_multiple"]["total"] == 300
     assert summary["categories"]["live_multiple"]["full_v3_size"] == 1053
     assert any("live_multiple 300/1053" in n for n in summary["notes"])
-    assert "not supported" in summary["multi_turn"]
     assert summary["scores"]["live_ast"] == 0.0 and summary["scores"]["non_live_simple"] == 0.0
 
 
@@ -480,9 +485,9 @@ def test_categories_and_groups(examples):
     assert bfcl.parse_categories("all")[1] == list(bfcl.MULTI_TURN)
     with pytest.raises(EvalError, match="unknown BFCL category 'simpel'"):
         bfcl.parse_categories("simpel")
-    with pytest.raises(EvalError, match="not supported"):
-        bfcl.load_examples(ROOT, type("A", (), {"category": "multi_turn"})())
-    assert {e["category"] for e in examples} == set(bfcl.SINGLE_TURN)  # "all" loads every single-turn category
+    multi = bfcl.load_examples(ROOT, type("A", (), {"category": "multi_turn", "per_category_limit": 2})())
+    assert [e["category"] for e in multi] == [c for c in bfcl.MULTI_TURN for _ in range(2)]
+    assert {e["category"] for e in examples} == set(bfcl.SINGLE_TURN)
     ids = [e["id"] for e in examples]
     assert len(ids) == len(set(ids)) and "live_relevance_3-3-0#2" in ids  # the duplicated upstream id
 

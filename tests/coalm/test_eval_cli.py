@@ -89,13 +89,15 @@ def test_generates_with_the_engine_api(tmp_path, monkeypatch):
 @pytest.mark.parametrize("extra, message", [
     (["--responses", "nope.jsonl"], "responses file not found: nope.jsonl"),
     (["--responses", "r.jsonl", "--category", "simpel"], "unknown BFCL category 'simpel'"),
-    (["--responses", "r.jsonl", "--category", "multi_turn"], "not supported"),
+    (["--responses", "mt.jsonl", "--category", "multi_turn_base"], "mt.jsonl:2: a multi-turn result must be a list"),
     (["--responses", "other.jsonl"], "none of the 1 responses in other.jsonl matches"),
     (["--responses", "r.jsonl", "--data-root", "/nonexistent"], "no bfcl data under /nonexistent"),
 ])
 def test_user_errors_exit_2(tmp_path, monkeypatch, capsys, extra, message):
     _responses(tmp_path / "r.jsonl")
     (tmp_path / "other.jsonl").write_text('{"id": "elsewhere_0", "result": "x"}\n')
+    (tmp_path / "mt.jsonl").write_text('{"id": "multi_turn_base_0", "result": [[]]}\n{"id": "multi_turn_base_1", '
+                                       '"result": 5}\n')
     monkeypatch.chdir(tmp_path)
     assert main(ARGS + extra + ["--out", "rep.json"]) == 2
     err = capsys.readouterr().err.strip()

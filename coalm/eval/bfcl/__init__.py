@@ -1,7 +1,13 @@
-"""BFCL V3 (Berkeley Function Calling Leaderboard), single-turn categories, scored by the official AST rules.
+"""BFCL V3 (Berkeley Function Calling Leaderboard): single-turn categories by the official AST rules, multi-turn
+categories on bfcl-eval's own API backends, and the leaderboard's Overall.
 
     python -m coalm.eval --bench bfcl --responses result.jsonl [--category non_live,live_relevance]
     python -m coalm.eval --bench bfcl --model smollm2-135m --category simple --limit 20
+    python -m coalm.eval --bench bfcl --model smollm2-135m --category all --per-category-limit 2
+
+Files: `prompts` (categories, prompt, loading, result files), `decode` (model text -> calls), `values` (Java and
+JavaScript source -> values), `checker` (single-turn AST checker), `executor` (multi-turn calls on the backends),
+`multi_turn` (items and the step loop), `multi_turn_check` (multi-turn checker), `aggregate` (scores, report).
 
 Prompting is the leaderboard's prompt mode for Llama-family models (bfcl-eval 2025.6.8, `LlamaHandler`): the
 default system prompt with the function docs inserted as the pipeline does it (`str()` of the list of docs, after the
@@ -31,15 +37,17 @@ Aggregation follows the V3 leaderboard: Non-Live simple = mean of python simple,
 mean of simple, multiple, parallel, parallel_multiple; Non-Live overall adds irrelevance (unweighted); Live AST and
 Live overall are weighted by category size (here the full V3 sizes, so a subsampled category keeps its real weight);
 irrelevance = mean of irrelevance and live_irrelevance; relevance = live_relevance. Every mean is over the
-categories present. Multi-turn categories need the executable API backends and are reported as not supported; the
-leaderboard's Overall averages Multi-Turn in, so `overall_single_turn` here (mean of Non-Live and Live overall) is
-not the leaderboard's Overall column.
+categories present. Multi-Turn overall = mean of multi_turn_base, miss_func, miss_param and long_context; Overall =
+the unweighted mean of Non-Live, Live and Multi-Turn overall, as the leaderboard (which counts an absent section as
+0; here the mean is over the sections present and the report names the absent ones). `overall_single_turn` is the
+mean of Non-Live and Live overall. Multi-turn items run and score as `multi_turn` and `multi_turn_check` describe.
 """
 
 
 from coalm.eval.bfcl.aggregate import aggregate, evaluate
 from coalm.eval.bfcl.checker import check_call, check_calls, score_item, standardize
 from coalm.eval.bfcl.decode import DecodeError, decode_ast, is_call_list
+from coalm.eval.bfcl.multi_turn import generate
 from coalm.eval.bfcl.prompts import (
     FULL_V3_SIZES,
     GROUPS,
@@ -62,6 +70,6 @@ from coalm.eval.bfcl.values import java_value, js_value
 __all__ = [
     "FULL_V3_SIZES", "GROUPS", "MULTI_TURN", "RELEVANCE", "RESPONSES_SUFFIX", "SINGLE_TURN", "DecodeError",
     "_read_jsonl", "_unique_ids", "add_arguments", "aggregate", "build_messages", "check_call", "check_calls",
-    "decode_ast", "evaluate", "is_call_list", "java_value", "js_value", "load_examples", "parse_categories",
+    "decode_ast", "evaluate", "generate", "is_call_list", "java_value", "js_value", "load_examples", "parse_categories",
     "read_responses", "responses_from_texts", "score_item", "standardize", "write_responses",
 ]

@@ -6,7 +6,7 @@ import copy
 import json
 from pathlib import Path
 
-from coalm.eval.base import EvalError, benchmark_dir, read_jsonl
+from coalm.eval.base import EvalError, benchmark_dir, json_text, read_jsonl, read_jsonl_lines
 
 RESPONSES_SUFFIX = ".jsonl"
 
@@ -18,6 +18,7 @@ FULL_V3_SIZES = {
 }
 SINGLE_TURN = tuple(FULL_V3_SIZES)
 MULTI_TURN = ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context")
+MULTI_TURN_SIZES = dict.fromkeys(MULTI_TURN, 200)
 GROUPS = {
     "all": SINGLE_TURN + MULTI_TURN,
     "single_turn": SINGLE_TURN,
@@ -121,11 +122,10 @@ def build_messages(question: list[dict], functions: list[dict], category: str) -
 
 
 def load_examples(data_root, args=None) -> list[dict]:
+    from coalm.eval.bfcl.multi_turn import load_multi_turn  # here: multi_turn imports this module
+
     root = benchmark_dir(data_root, "bfcl")
     cats, multi = parse_categories(getattr(args, "category", None) or "all")
-    if not cats:
-        raise EvalError(f"multi-turn categories ({', '.join(multi)}) need the executable API backends of bfcl-eval "
-                        "and are not supported; pick single-turn categories")
     per_cat = getattr(args, "per_category_limit", None)
     examples = []
     for cat in cats:
@@ -146,24 +146,42 @@ def load_examples(data_root, args=None) -> list[dict]:
                 "id": uid, "category": cat, "functions": row["function"], "answer": answers.get(row["id"]),
                 "messages": build_messages(row["question"][0], row["function"], cat),
             })
+    for cat in multi:
+        examples += load_multi_turn(root, cat, per_cat)
     return examples
 
 
 # ---------------------------------------------------------------- saved responses (BFCL result JSONL)
 
-def read_responses(path) -> dict:
+class Responses(dict):
+    """{item id: saved result}, remembering the file:line of each (for errors found once the items are known)."""
+
+    def __init__(self):
+        super().__init__()
+        self.where: dict[str, str] = {}
+
+
+def read_responses(path) -> Responses:
     """BFCL result JSONL `{"id", "result", ...}`, or a directory of official `BFCL_v3_<cat>_result.json` files."""
+    from coalm.eval.bfcl.multi_turn import check_result_shape
+
     path = Path(path)
     files = sorted(path.glob("**/BFCL_v3_*_result.json")) if path.is_dir() else [path]
     if not files:
         raise EvalError(f"no BFCL_v3_*_result.json files under {path}")
-    out = {}
+    out = Responses()
     for f in files:
-        rows = _read_jsonl(f)
-        for lineno, row in enumerate(rows, 1):
+        rows = read_jsonl_lines(f, keys=("id",))
+        for lineno, row in rows:
+            if not isinstance(row["id"], str):
+                raise EvalError(f"{f}:{lineno}: 'id' must be a string, got {type(row['id']).__name__}")
             if "result" not in row:
-                raise EvalError(f"{f}: row {lineno} (id {row['id']}) has no 'result'")
-        out.update({uid: row["result"] for uid, row in zip(_unique_ids([r["id"] for r in rows]), rows)})
+                raise EvalError(f"{f}:{lineno}: row (id {row['id'][:100]}) has no 'result'")
+            if row["id"].startswith("multi_turn"):
+                check_result_shape(row["result"], f"{f}:{lineno}")
+        for uid, (lineno, row) in zip(_unique_ids([r["id"] for _, r in rows]), rows):
+            out[uid] = row["result"]
+            out.where[uid] = f"{f}:{lineno}"
     return out
 
 
@@ -177,7 +195,5 @@ def write_responses(path, examples, responses) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         for ex in examples:
             if ex["id"] in responses:
-                f.write(json.dumps({"id": ex["id"].split("#")[0], "result": responses[ex["id"]]},
-                                   ensure_ascii=False) + "\n")
+                f.write(json_text({"id": ex["id"].split("#")[0], "result": responses[ex["id"]]}) + "\n")
     return path
-
