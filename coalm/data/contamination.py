@@ -1,9 +1,11 @@
-"""Keep benchmark test items out of training data.
+"""Keep benchmark test items out of training data: an index over test-set user queries that are given to it.
 
-The index holds the user queries of the test sets under the data root: BFCL V3 (every `BFCL_v3_*.json` question
-turn), API-Bank (the `User` lines of the level-1/level-2 test dialogues) and the MultiWOZ test dialogues (user turns,
-even log indices). Text is normalised to lower-case alphanumeric word tokens, so "John 's college ." and
-"John's college" compare equal (MultiWOZ's ConvLab-2 copy is pre-tokenised).
+The queries come from the evaluators, each of which knows its own test files (`test_queries(root)` in
+`coalm.eval.bfcl`, `coalm.eval.api_bank`, `coalm.eval.multiwoz`), so no benchmark layout is written twice. This
+module never imports them (coalm.data sits below coalm.eval): callers above both (`coalm.agent`) pass the query
+lists in, and `python -m coalm.data build` finds the evaluators through the `coalm.test_queries` entry-point group
+they register in pyproject.toml (`query_providers`). Text is normalised to lower-case alphanumeric word tokens, so
+"John 's college ." and "John's college" compare equal (MultiWOZ's ConvLab-2 copy is pre-tokenised).
 
 A row is contaminated when its instruction + input + output text
 - contains any `n`-gram (default 13 words, the GPT-3 decontamination rule) of a test query, or
@@ -16,13 +18,14 @@ an n-gram straddling that boundary is not seen.
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from .rows import DataError
 
 _WORD = re.compile(r"[a-z0-9]+")
+ENTRY_POINT_GROUP = "coalm.test_queries"
 
 
 def normalise(text: str) -> list[str]:
@@ -33,34 +36,17 @@ def _ngrams(words: list[str], n: int):
     return (tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
-def benchmark_queries(root: str | Path) -> dict[str, list[str]]:
-    """{benchmark: [user query, ...]} for the test sets present under `root` (missing ones are left out)."""
-    root = Path(root)
-    out: dict[str, list[str]] = {}
-    bfcl = sorted((root / "bfcl").glob("BFCL_v3_*.json"))
-    if bfcl:
-        qs = []
-        for p in bfcl:
-            for line in p.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    for turn in json.loads(line).get("question", []):
-                        qs += [m["content"] for m in turn if m.get("role") == "user" and isinstance(m.get("content"), str)]
-        out["bfcl"] = qs
-    api = sorted((root / "apibank" / "lv1-lv2-samples").glob("*/*.jsonl"))
-    if api:
-        qs = []
-        for p in api:
-            for line in p.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    if rec.get("role") == "User":
-                        qs.append(rec["text"])
-        out["api-bank"] = qs
-    mwz = root / "multiwoz" / "mwz21_test_shared900.json"
-    if mwz.is_file():
-        data = json.loads(mwz.read_text(encoding="utf-8"))
-        out["multiwoz"] = [t["text"] for d in data.values() for t in d["log"][0::2]]
-    return out
+def query_providers() -> dict[str, Callable]:
+    """{benchmark: test_queries(root)} registered under the `coalm.test_queries` entry-point group."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.load() for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def collect_queries(root: str | Path, providers: dict[str, Callable]) -> dict[str, list[str]]:
+    """{benchmark: its test queries under `root`}; benchmarks with no test data there are left out."""
+    out = {name: list(fn(root)) for name, fn in providers.items()}
+    return {name: qs for name, qs in out.items() if qs}
 
 
 class ContaminationIndex:
@@ -85,11 +71,18 @@ class ContaminationIndex:
         self.sizes = {b: len(qs) for b, qs in queries.items()}
 
     @classmethod
-    def from_data_root(cls, root: str | Path, **kw) -> ContaminationIndex:
-        queries = benchmark_queries(root)
+    def from_providers(cls, root: str | Path, providers: dict[str, Callable] | None = None, **kw):
+        """An index over every provider's test queries under `root` (default providers: `query_providers()`)."""
+        providers = query_providers() if providers is None else providers
+        if not providers:
+            raise DataError(f"no benchmark test-query providers registered (entry-point group {ENTRY_POINT_GROUP}); "
+                            "reinstall the package (pip install -e .) or pass --no-decontaminate")
+        queries = collect_queries(root, providers)
         if not queries:
-            raise DataError(f"no benchmark test sets under {root} (bfcl/, apibank/, multiwoz/) to check against")
+            raise DataError(f"no benchmark test sets under {root} ({', '.join(sorted(providers))}) to check against")
         return cls(queries, **kw)
+
+    from_data_root = from_providers  # the name `python -m coalm.data build` calls
 
     def check_text(self, text: str) -> str | None:
         w = normalise(text)

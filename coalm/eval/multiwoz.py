@@ -456,6 +456,18 @@ def load_examples(data_root, args=None) -> list[dict]:
     return examples
 
 
+def test_queries(root) -> list[str]:
+    """The user turns of the test dialogues in `<root>/multiwoz/<DEFAULT_FILE>` ([] when absent), for keeping them
+    out of training data."""
+    path = Path(root) / "multiwoz" / DEFAULT_FILE
+    if not path.is_file():
+        return []
+    return [t["text"] for d in json.loads(path.read_text(encoding="utf-8")).values() for t in d["log"][0::2]]
+
+
+test_queries.__test__ = False  # a data function, not a pytest test
+
+
 def read_responses(path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -11,7 +11,7 @@ import pytest
 from coalm.data import DataError, generate_sample, load_sample, mix, validate_row
 from coalm.data import formats as F
 from coalm.data.builders import build_sgd_cra, build_sgd_la, build_snips_dst
-from coalm.data.contamination import ContaminationIndex, benchmark_queries
+from coalm.data.contamination import ContaminationIndex, collect_queries, query_providers
 from coalm.eval.base import data_root
 
 ROOT = data_root()
@@ -81,7 +81,7 @@ def test_sgd_cra_rows():
 
 @needs_data
 def test_contamination_catches_planted_items():
-    queries = benchmark_queries(ROOT)
+    queries = collect_queries(ROOT, query_providers())  # the evaluators' own test queries
     assert set(queries) == {"bfcl", "api-bank", "multiwoz"}
     index = ContaminationIndex(queries)
     rng = random.Random(0)

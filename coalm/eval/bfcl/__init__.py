@@ -65,11 +65,12 @@ from coalm.eval.bfcl.prompts import (
     responses_from_texts,
     write_responses,
 )
+from coalm.eval.bfcl.queries import test_queries
 from coalm.eval.bfcl.values import java_value, js_value
 
 __all__ = [
     "FULL_V3_SIZES", "GROUPS", "MULTI_TURN", "RELEVANCE", "RESPONSES_SUFFIX", "SINGLE_TURN", "DecodeError",
     "_read_jsonl", "_unique_ids", "add_arguments", "aggregate", "build_messages", "check_call", "check_calls",
     "decode_ast", "evaluate", "generate", "is_call_list", "java_value", "js_value", "load_examples", "parse_categories",
-    "read_responses", "responses_from_texts", "score_item", "standardize", "write_responses",
+    "read_responses", "responses_from_texts", "score_item", "standardize", "test_queries", "write_responses",
 ]
