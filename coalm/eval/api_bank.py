@@ -358,6 +358,16 @@ def load_examples(data_root, args=None) -> list[dict]:
     return examples
 
 
+def test_queries(root) -> list[str]:
+    """The `User` lines of every level-1/level-2 test dialogue under `<root>/apibank` ([] when absent), for keeping
+    them out of training data."""
+    folder = Path(root) / "apibank" / "lv1-lv2-samples"
+    return [r["text"] for p in sorted(folder.glob("*/*.jsonl")) for r in _read_dialogue(p) if r["role"] == "User"]
+
+
+test_queries.__test__ = False  # a data function, not a pytest test
+
+
 def read_responses(path) -> dict:
     path = Path(path)
     if not path.is_file():
