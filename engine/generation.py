@@ -132,12 +132,7 @@ def main(argv=None):
     try:
         import engine
 
-        if a.tp > 1:
-            from .parallel import load_parallel
-
-            model, tok = load_parallel(a.model, a.tp, adapter=a.adapter, random_init=a.random_init)
-        else:
-            model, tok = engine.load(a.model, adapter=a.adapter, random_init=a.random_init)
+        model, tok = engine.load(a.model, adapter=a.adapter, random_init=a.random_init, tp=a.tp)
         prompts = []
         for text in a.prompt:
             if a.raw:

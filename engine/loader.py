@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -28,43 +29,72 @@ def default_dtype(device) -> torch.dtype:
 
 
 def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None, dtype: torch.dtype | None = None,
-         device: str | torch.device | None = None, random_init: bool = False, seed: int = 0):
+         device: str | torch.device | None = None, random_init: bool = False, seed: int = 0, tp: int = 1):
     """Build the model on the meta device, then assign weights from `source` on `device`.
 
     source: a preset or alias (`smollm2-135m` is embedded; Llama presets need `random_init=True`, or a checkpoint
     directory), a directory with config.json + safetensors, or a .gguf file. adapter: a PEFT LoRA adapter directory.
+    tp: under torchrun, load this rank's part of a `tp`-way tensor-parallel model: `engine.mesh` builds the (dp, tp)
+    grid (refusing a world size or model that `tp` does not divide before anything is read), the model is sharded
+    on the meta device, and the per-tensor hook `engine.parallel.TPShard` reads only this rank's rows or columns.
+    device: default cuda:LOCAL_RANK under torchrun, cuda on one GPU, else cpu.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = dtype or default_dtype(device)
     path = Path(str(source))
+    gguf = path.suffix == ".gguf" or (not path.is_dir() and not random_init
+                                      and resolve_name_or_none(str(source)) == "smollm2-135m")
     if path.is_dir():
         args = read_hf_config(path)
-        model = build_model(args)
-        expected = {k: v.shape for k, v in model.state_dict().items()}
-        sd = load_hf_state_dict(path, expected, dtype=dtype)
-        assign_state_dict(model, sd, str(path))
-        if (path / "tokenizer.json").is_file() or (path / "original" / "tokenizer.model").is_file():
-            tokenizer = load_tokenizer(path)
-        else:  # a bare checkpoint: the family's own vocabulary
-            tokenizer = load_tokenizer("llama3" if args.tokenizer == "llama3" else "smollm2-135m")
-    elif path.suffix == ".gguf" or (resolve_name_or_none(str(source)) == "smollm2-135m" and not random_init):
-        gguf_path = path if path.suffix == ".gguf" else smollm2_gguf_path()
-        args, sd, reader = load_gguf(gguf_path, dtype=dtype)
-        model = build_model(args)
-        assign_state_dict(model, sd, str(gguf_path))
-        tokenizer = load_gguf_tokenizer(gguf_path, reader)
+    elif gguf:
+        args = None  # read from the file below
     else:
         name = resolve_name(str(source))
         args = get_config(name)
         if not random_init:
             raise WeightsError(f"preset {name!r} has no embedded weights: pass a checkpoint directory "
                                f"(--checkpoint DIR with config.json + safetensors) or random_init=True")
+    shard = None
+    if tp != 1:
+        from .mesh import init_mesh
+        from .parallel import TPShard, check_tp
+
+        if args is not None:
+            check_tp(args, tp)
+        shard = TPShard(init_mesh(tp).tp_group)
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+
+    def place(name, t):  # the per-tensor hook: this rank's part (all of it without TP), straight onto the device
+        return (shard(name, t) if shard is not None else t[:]).to(device)
+
+    if gguf:
+        gguf_path = path if path.suffix == ".gguf" else smollm2_gguf_path()
+        args, sd, reader = load_gguf(gguf_path, dtype=dtype)
         model = build_model(args)
+        if shard is not None:
+            check_tp(args, tp)
+            shard.parallelize(model)
+        assign_state_dict(model, {k: place(k, v) for k, v in sd.items()}, str(gguf_path))
+        tokenizer = load_gguf_tokenizer(gguf_path, reader)
+    elif path.is_dir():
+        model = build_model(args)
+        expected = {k: v.shape for k, v in model.state_dict().items()}  # full shapes, checked before sharding
+        if shard is not None:
+            shard.parallelize(model)
+        assign_state_dict(model, load_hf_state_dict(path, expected, dtype=dtype, shard=place), str(path))
+        if (path / "tokenizer.json").is_file() or (path / "original" / "tokenizer.model").is_file():
+            tokenizer = load_tokenizer(path)
+        else:  # a bare checkpoint: the family's own vocabulary
+            tokenizer = load_tokenizer("llama3" if args.tokenizer == "llama3" else "smollm2-135m")
+    else:
+        model = build_model(args)
+        if shard is not None:
+            shard.parallelize(model)
         model.to_empty(device=device)
         model = model.to(dtype)
         if args.tie_embeddings:
             model.lm_head.weight = model.embed_tokens.weight
-        model.init_weights(generator=torch.Generator(device=device).manual_seed(seed))
+        rank = shard.rank if shard is not None else 0  # each TP rank draws its own shards
+        model.init_weights(generator=torch.Generator(device=device).manual_seed(seed + rank))
         tokenizer = load_tokenizer(name)
     model.init_buffers(device)
     model = model.to(device=device)
@@ -74,8 +104,23 @@ def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None,
     if adapter is not None:
         from .lora import load_adapter
 
-        load_adapter(model, adapter)
+        load_adapter(model, adapter, shard=shard)
+    if shard is not None:
+        shard.parallelize(model)  # registers the LoRA gradient all-reduces (idempotent otherwise)
+        # sampling draws from the default generator: give every TP rank the same stream so they pick the same tokens
+        import torch.distributed as dist
+
+        common = torch.tensor([torch.initial_seed() % (1 << 62)], device=device)
+        dist.broadcast(common, src=dist.get_global_rank(shard.group, 0), group=shard.group)
+        torch.manual_seed(int(common))
     return model, tokenizer
+
+
+def default_device() -> torch.device:
+    """cuda:LOCAL_RANK under torchrun (so N processes never all land on cuda:0), cuda on one GPU, else cpu."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
 
 
 @torch.no_grad()

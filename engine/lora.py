@@ -22,7 +22,7 @@ from torch import nn
 from kernels.lora_matmul import lora_linear
 from kernels.nf4 import NF4Weight, dequantize_nf4, quantize_nf4
 
-from .weights import ours_to_hf
+from .model import parse_peft_lora_name, peft_lora_name
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -113,9 +113,8 @@ def lora_state_dict(model) -> dict[str, torch.Tensor]:
     """LoRA factors under PEFT's names (no adapter name, as PEFT saves them)."""
     out = {}
     for name, m in lora_modules(model).items():
-        hf = "base_model.model." + ours_to_hf(name)
-        out[f"{hf}.lora_A.weight"] = m.lora_A.detach()
-        out[f"{hf}.lora_B.weight"] = m.lora_B.detach()
+        out[peft_lora_name(name, "lora_A")] = m.lora_A.detach()
+        out[peft_lora_name(name, "lora_B")] = m.lora_B.detach()
     return out
 
 
@@ -175,34 +174,32 @@ def _targets_from_config(cfg) -> list[str]:
     return t
 
 
-def load_adapter(model, directory: str | Path, quantize: bool = False):
-    """Apply the adapter in `directory` (PEFT format) to `model`, adding LoRA layers if it has none."""
+def load_adapter(model, directory: str | Path, quantize: bool = False, shard=None):
+    """Apply the adapter in `directory` (PEFT format) to `model`, adding LoRA layers if it has none.
+
+    shard: the loader's per-tensor hook (`engine.parallel.TPShard` on a tensor-parallel rank): called as
+    shard(our parameter name, full tensor), it returns this rank's part."""
     cfg, weights = read_adapter(directory)
     if not lora_modules(model):
         apply_lora(model, cfg["r"], cfg["lora_alpha"], _targets_from_config(cfg), quantize=quantize)
     mods = lora_modules(model)
     seen = set()
     for key, t in weights.items():
-        # PEFT names: base_model.model.<hf name>.lora_{A,B}[.<adapter>].weight
-        core = key.removeprefix("base_model.model.").replace(".lora_A.default.", ".lora_A.").replace(
-            ".lora_B.default.", ".lora_B.")
-        for part in ("lora_A", "lora_B"):
-            suffix = f".{part}.weight"
-            if core.endswith(suffix):
-                hf_mod = core[: -len(suffix)]
-                name = hf_mod.removeprefix("model.")
-                if name not in mods:
-                    raise ValueError(f"{directory}: adapter tensor {key} targets no LoRA layer of this model")
-                p = getattr(mods[name], part)
-                if p.shape != t.shape:
-                    raise ValueError(f"{directory}: adapter tensor {key} has shape {tuple(t.shape)}, "
-                                     f"the model expects {tuple(p.shape)}")
-                with torch.no_grad():
-                    p.copy_(t.to(p.dtype))
-                seen.add((name, part))
-                break
-        else:
+        parsed = parse_peft_lora_name(key)
+        if parsed is None:
             raise ValueError(f"{directory}: unexpected adapter tensor {key}")
+        name, part = parsed
+        if name not in mods:
+            raise ValueError(f"{directory}: adapter tensor {key} targets no LoRA layer of this model")
+        p, full = getattr(mods[name], part), tuple(t.shape)
+        if shard is not None:
+            t = shard(f"{name}.{part}", t)
+        if p.shape != t.shape:
+            raise ValueError(f"{directory}: adapter tensor {key} has shape {full}, the model expects "
+                             f"{tuple(p.shape)}{' on each tensor-parallel rank' if shard is not None else ''}")
+        with torch.no_grad():
+            p.copy_(t.to(p.dtype))
+        seen.add((name, part))
     missing = sorted({n for n in mods for part in ("lora_A", "lora_B") if (n, part) not in seen})
     if missing:
         raise ValueError(f"{directory}: adapter has no weights for {missing[:4]}{' ...' if len(missing) > 4 else ''}")

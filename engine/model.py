@@ -189,3 +189,31 @@ def build_model(args: ModelArgs) -> Transformer:
     """The model on the meta device: no memory, no device calls; weights come from `engine.weights`."""
     with torch.device("meta"):
         return Transformer(args)
+
+
+# ------------------------------------------------------------------------------ Hugging Face and PEFT names (the one map)
+PEFT_PREFIX = "base_model.model."  # PEFT wraps the HF model twice: PeftModel.base_model (LoraModel).model
+
+
+def ours_to_hf(name: str) -> str:
+    """`layers.0.mlp.up_proj.weight` -> `model.layers.0.mlp.up_proj.weight` (LlamaForCausalLM's names)."""
+    return name if name.startswith("lm_head.") else "model." + name
+
+
+def hf_to_ours(name: str) -> str:
+    return name.removeprefix("model.")
+
+
+def peft_lora_name(module: str, factor: str) -> str:
+    """(`layers.0.self_attn.q_proj`, `lora_A`) -> `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`."""
+    return f"{PEFT_PREFIX}{ours_to_hf(module)}.{factor}.weight"
+
+
+def parse_peft_lora_name(key: str) -> tuple[str, str] | None:
+    """The inverse of peft_lora_name, also reading PEFT's in-memory names (`.lora_A.default.weight`); None if `key`
+    is not a LoRA factor."""
+    core = key.removeprefix(PEFT_PREFIX).removesuffix(".weight").removesuffix(".default")
+    module, _, factor = core.rpartition(".")
+    if factor not in ("lora_A", "lora_B") or not key.endswith(".weight"):
+        return None
+    return hf_to_ours(module), factor

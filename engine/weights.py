@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelArgs
+from .model import hf_to_ours, ours_to_hf  # the HF name map lives next to the model
 
 
 class WeightsError(ValueError):
@@ -35,14 +36,6 @@ def smollm2_gguf_path() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------- HF
-def hf_to_ours(name: str) -> str:
-    return name.removeprefix("model.")
-
-
-def ours_to_hf(name: str) -> str:
-    return name if name.startswith("lm_head.") else "model." + name
-
-
 def read_hf_config(directory: Path) -> ModelArgs:
     cfg_path = Path(directory) / "config.json"
     if not cfg_path.is_file():

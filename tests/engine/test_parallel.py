@@ -8,9 +8,9 @@ steps through an adapter saved by the TP run, and the vocab-parallel cross-entro
 
 import json
 import os
-import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,11 @@ from engine.config import get_config
 from engine.generation import generate_ids
 from engine.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_modules, lora_state_dict, save_adapter
 from engine.model import build_model
-from engine.parallel import check_tp, load_parallel
+from engine.parallel import check_tp
 from engine.weights import save_hf
 from kernels.nf4 import quantize_nf4
+
+from tests.engine.dist_launch import run_torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("tp_worker.py")
@@ -44,34 +46,8 @@ SPLIT = {
 }
 
 
-def launch_ranks(cmd):
-    """Two processes of `cmd` with torchrun's environment variables (gloo on a free local port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        WORLD_SIZE="2",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
-    )
-    return [
-        subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(2)
-    ]
-
-
-def launch(mode, out_dir, *argv):
-    return launch_ranks([sys.executable, str(WORKER), mode, str(out_dir), *map(str, argv)])
+def launch(mode, out_dir, *argv, timeout=240):
+    return run_torchrun(2, [WORKER, mode, out_dir, *argv], timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +70,8 @@ def tp(tmp_path_factory):
         )
         tok.add_special_tokens(special)
         tok.save(str(ckpts[-1] / "tokenizer.json"))
-    procs = launch("main", root, *ckpts)
-    outs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, f"worker failed ({p.returncode}):\n{out}\n{err[-4000:]}"
+    rc, out, err = launch("main", root, *ckpts)
+    assert rc == 0, f"workers failed ({rc}):\n{out}\n{err[-4000:]}"
     ranks = [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(2)]
     return {"root": root, "ckpts": ckpts, "ranks": ranks, "x": ranks[0]["inputs"]}
 
@@ -236,29 +210,28 @@ def test_vocab_parallel_cross_entropy_fp64(tp):
 
 
 def test_bad_tp_degree_fails_before_loading(tp):
-    # no torchrun env here: reaching init_process_group would raise RuntimeError instead
+    # no torchrun env here: reaching the process group would raise MeshError instead
     with pytest.raises(ValueError, match=r"degree 3 does not divide n_heads=4, n_kv_heads=2.*valid degrees.*\[1, 2\]"):
-        load_parallel("debug", 3, random_init=True)
+        engine.load("debug", random_init=True, tp=3)
     with pytest.raises(ValueError, match=r"degree 4 does not divide n_kv_heads=2"):
-        load_parallel(tp["ckpts"][0], 4)
+        engine.load(tp["ckpts"][0], tp=4)
     with pytest.raises(ValueError, match=r"degree 2 does not divide n_heads=9"):
         check_tp(get_config("smollm2-135m"), 2)
     with pytest.raises(ValueError, match="positive integer"):
         check_tp(get_config("debug"), 0)
 
 
-def test_dead_rank_makes_the_other_fail(tmp_path):
-    procs = launch("die", tmp_path)
-    try:
-        out, err = procs[0].communicate(timeout=90)  # 8 s collective timeout + start-up; a hang fails here
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.communicate()
-    assert procs[1].returncode == 3
-    assert procs[0].returncode != 0, f"rank 0 survived its dead peer:\n{out}\n{err[-2000:]}"
-    assert "Traceback" in err  # failed with an exception (a timeout or a closed connection), not killed
+@pytest.mark.parametrize("mode", ["die", "stuck"])
+def test_dead_or_stuck_rank_ends_the_job(tmp_path, mode):
+    """A peer that dies (its socket closes) or hangs alive (only the 8 s collective timeout can notice) makes the
+    surviving rank raise, and torchrun ends the job: well within 60 s, never a hang."""
+    rc, out, err = launch(mode, tmp_path, timeout=150)
+    ended = time.time()
+    assert rc not in (0, -9), f"the job survived its {mode} peer ({rc}):\n{out}\n{err[-3000:]}"
+    assert ended - float((tmp_path / "peer_failed_at").read_text()) < 60
+    assert "Traceback" in err  # rank 0 failed with an exception, not only killed
+    if mode == "stuck":
+        assert "timed out" in err.lower() or "timeout" in err.lower(), err[-3000:]
 
 
 def test_train_cli_with_tp2_writes_single_process_adapter(tmp_path):
@@ -285,10 +258,8 @@ def test_train_cli_with_tp2_writes_single_process_adapter(tmp_path):
         "--save-every",
         "1",
     ]
-    procs = launch_ranks([sys.executable, "-m", "engine.train", *args, "--tp", "2", "--out", str(tmp_path / "tp")])
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    rc, _, err = run_torchrun(2, ["-m", "engine.train", *args, "--tp", "2", "--out", tmp_path / "tp"], timeout=300)
+    assert rc == 0, err[-3000:]
     single = subprocess.run(  # noqa: PLW1510 (the return code is asserted)
         [sys.executable, "-m", "engine.train", *args, "--out", str(tmp_path / "one")],
         cwd=ROOT,

@@ -1,27 +1,25 @@
-"""One rank of the tensor-parallel tests (tests/engine/test_parallel.py launches two with torchrun's env vars).
+"""One rank of the tensor-parallel tests (tests/engine/test_parallel.py runs two under torchrun).
 
-    python tests/engine/tp_worker.py main OUT_DIR CKPT_UNTIED CKPT_TIED     # every check, results in OUT_DIR
-    python tests/engine/tp_worker.py die OUT_DIR                            # rank 1 dies; rank 0 must fail, not hang
+    torchrun --nproc-per-node 2 tests/engine/tp_worker.py main OUT_DIR CKPT_UNTIED CKPT_TIED   # every check
+    torchrun --nproc-per-node 2 tests/engine/tp_worker.py die OUT_DIR     # rank 1 dies: rank 0 must fail, not hang
+    torchrun --nproc-per-node 2 tests/engine/tp_worker.py stuck OUT_DIR   # rank 1 hangs: the collective timeout ends it
 
 Each rank saves what it computed to OUT_DIR/rank{R}.pt; the test compares it with the single-process model.
 """
 
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
 
+import engine
 from engine.generation import generate_ids
 from engine.lora import lora_modules
-from engine.parallel import (
-    apply_lora_parallel,
-    gather_lora_state_dict,
-    load_parallel,
-    save_adapter_parallel,
-    split_dim,
-    vocab_parallel_cross_entropy,
-)
+from engine.mesh import init_mesh
+from engine.parallel import apply_lora_parallel, gather_lora_state_dict, save_adapter_parallel, split_dim
+from engine.tp_layers import vocab_parallel_cross_entropy
 from kernels.nf4 import dequantize_nf4
 
 
@@ -52,7 +50,7 @@ def train_step(model, x):
 
 
 def dense_checks(ckpt, x, res, prefix):
-    model, _ = load_parallel(ckpt, 2, dtype=torch.float32, timeout_s=60)
+    model, _ = engine.load(ckpt, dtype=torch.float32, tp=2)
     res[f"{prefix}_numel"] = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         res[f"{prefix}_logits"] = model(x["tokens"])
@@ -64,7 +62,7 @@ def dense_checks(ckpt, x, res, prefix):
 
 def lora_checks(ckpt, x, res, out_dir, quantize):
     tag = "qlora" if quantize else "lora"
-    model, _ = load_parallel(ckpt, 2, dtype=torch.float32, timeout_s=60)
+    model, _ = engine.load(ckpt, dtype=torch.float32, tp=2)
     apply_lora_parallel(model, rank=4, alpha=8, quantize=quantize, seed=7)
     g = torch.Generator().manual_seed(99)  # a nonzero B (drawn whole, sliced) so every factor gets a gradient
     with torch.no_grad():
@@ -92,14 +90,20 @@ def ce_check(x, res):
 def main(mode, out_dir, *ckpts):
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
-    if mode == "die":
-        model, _ = load_parallel("debug", 2, random_init=True, dtype=torch.float32, timeout_s=8)
+    if mode in ("die", "stuck"):
+        init_mesh(2, timeout_s=8)
+        model, _ = engine.load("debug", random_init=True, dtype=torch.float32, tp=2)
         if rank == 1:
+            with open(os.path.join(out_dir, "peer_failed_at"), "w") as f:
+                f.write(repr(time.time()))
+            if mode == "stuck":  # alive, but never joins another collective
+                time.sleep(600)
             os._exit(3)
         tokens = torch.zeros(1, 4, dtype=torch.long)
         for _ in range(100000):  # would hang forever without a timeout / error on the dead peer
             model(tokens)
         return 0
+    init_mesh(2, timeout_s=60)
     x = inputs()
     res = {"inputs": x} if rank == 0 else {}
     dense_checks(ckpts[0], x, res, "untied")
