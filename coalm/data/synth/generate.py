@@ -234,12 +234,12 @@ def _dialogue(rng, i, dialect):
              f"User: {_cap(ph[[p.name for p in api.params if p.name in call['arguments']].index(asked.name)])}."]
     extra, targets = (), [api]
     if rng.random() < 0.35:
-        login = next(a for a in APIS if a.name == "get_user_token")
+        login = next(a for a in APIS if a.name == "login_user")
         user, pw = rng.choice(POOL["username"]), rng.choice(POOL["password"])
         token = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(rng.randint(10, 18)))
         lines += ["AI: I need to log you in first. What are your username and password?",
                   f"User: {user}, password {pw}.",
-                  f"API: [get_user_token(username='{user}', password='{pw}')] Response: {{\"token\": \"{token}\"}}"]
+                  f"API: [login_user(username='{user}', password='{pw}')] Response: {{\"token\": \"{token}\"}}"]
         call = {"name": api.name, "arguments": {"token": token, **call["arguments"]}}
         extra, targets = (_TOKEN,), [api, login]
     tools = _tools(rng, targets, dialect)
