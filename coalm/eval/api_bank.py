@@ -48,7 +48,7 @@ import re
 from pathlib import Path
 
 from coalm.eval._text_metrics import llamafactory_scores, rouge_f
-from coalm.eval.base import EvalError, benchmark_dir, read_jsonl
+from coalm.eval.base import EvalError, benchmark_dir, clip, read_jsonl
 
 LEVEL_DIRS = {1: "level-1-given-desc", 2: "level-2-toolsearcher"}
 KINDS = ("api_call", "response")
@@ -82,8 +82,12 @@ AI: [AI's utterence]
 API descriptions:
 """
 
-_CALL_RE = re.compile(r"\[(\w+)\((.*)\)\]")
-_PARAM_RE = re.compile(r"(\w+)\s*=\s*['\"](.+?)['\"]|(\w+)\s*=\s*(\[.*\])|(\w+)\s*=\s*(\w+)")
+_CALL_RE = re.compile(r"\[(\w+)\((.*)\)\]")  # the official pattern; matched in linear time by `_call_match`
+_CALL_OPEN = re.compile(r"\[(\w+)\(")
+# The official parameter pattern, plus `(?<!\w)`: a name never starts inside a word (if the whole word cannot be
+# followed by "=", no suffix of it can), so the matches are the same and a long argument no longer costs O(n^2).
+_PARAM_RE = re.compile(r"(?<!\w)(?:(\w+)\s*=\s*['\"](.+?)['\"]|(\w+)\s*=\s*(\[.*\])|(\w+)\s*=\s*(\w+))")
+MAX_CALL_CHARS = 20_000  # longer argument lists are not parsed (no API-Bank call comes near)
 
 _TOKEN_TIME = {"time": "strict_datetime"}
 _MEETING = {"meeting_topic": "words", "start_time": "strict_datetime", "end_time": "strict_datetime",
@@ -132,26 +136,44 @@ def rule_source(api_name: str) -> str:
 
 # ---------------------------------------------------------------- parsing and rendering
 
+def _call_match(text: str) -> tuple[int, str, str, int] | None:
+    """What `_CALL_RE.search(text)` finds, as (start, name, arguments, end), in linear time: the leftmost `[Name(`
+    whose line holds a later `)]`, the arguments running to the last `)]` of that line (`.*` is greedy and stops at
+    a newline). The regex itself backtracks quadratically on text with many `[Name(` and no `)]`."""
+    last_close: dict[int, int] = {}
+    for m in _CALL_OPEN.finditer(text):
+        line_end = text.find("\n", m.end())
+        line_end = len(text) if line_end < 0 else line_end
+        if line_end not in last_close:
+            last_close[line_end] = text.rfind(")]", 0, line_end)
+        j = last_close[line_end]
+        if j >= m.end():
+            return m.start(), m.group(1), text[m.end():j], j + 2
+    return None
+
+
 def extract_call(text: str) -> str | None:
     """The `[Name(...)]` span the official `get_api_call` keeps, or None."""
-    m = _CALL_RE.search(text)
-    return m.group(0) if m else None
+    m = _call_match(text)
+    return text[m[0]:m[3]] if m else None
 
 
 def parse_api_call(text: str) -> tuple[str, dict] | None:
     """(api_name, {param: str value}) as the official parser reads it; None when there is no `[Name(...)]`."""
-    m = _CALL_RE.search(text)
+    m = _call_match(text)
     if m is None:
         return None
+    if len(m[2]) > MAX_CALL_CHARS:
+        return m[1], {}
     params = {}
-    for p in _PARAM_RE.finditer(m.group(2)):
+    for p in _PARAM_RE.finditer(m[2]):
         if p.group(1):
             params[p.group(1)] = p.group(2)
         elif p.group(3):
             params[p.group(3)] = p.group(4)
         else:
             params[p.group(5)] = p.group(6)
-    return m.group(1), params
+    return m[1], params
 
 
 def render_call(api_name: str, params: dict) -> str:
@@ -203,7 +225,7 @@ def _norm_month_day(value: str):
 def _json_list(value: str):
     try:
         out = json.loads(value.replace("'", '"'))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; 100,000 "[" is a RecursionError
         return None
     return out if isinstance(out, list) else None
 
@@ -213,6 +235,13 @@ def _health(value: str):
     if items is None or not all(isinstance(i, dict) and "name" in i and "value" in i for i in items):
         return None
     return sorted(str({"name": str(i["name"]), "value": str(i["value"])}) for i in items)
+
+
+def _int(v: str):
+    try:
+        return int(v)
+    except ValueError:  # "²".isdigit() is True, int("²") raises
+        return None
 
 
 def _words_match(pred: str, gold: str, lower: bool) -> bool:
@@ -240,7 +269,7 @@ _NORMALISERS = {
     "month_day": _norm_month_day,
     "list": _json_list,
     "health": _health,
-    "int": lambda v: int(v) if v.isdigit() else None,
+    "int": lambda v: _int(v) if v.isdigit() else None,
     "bool": lambda v: v == "True",
 }
 
@@ -273,7 +302,7 @@ def check_call(pred: tuple[str, dict] | None, gold_name: str, gold_params: dict,
             return False, f"missing_param:{k}"
     for k in params:
         if k not in gold_params and k not in optional:
-            return False, f"extra_param:{k}"
+            return False, f"extra_param:{clip(k, 100)}"
     for k, g in gold_params.items():
         if not value_matches(rules.get(k, "exact"), params[k], g):
             return False, f"wrong_value:{k}"
@@ -397,6 +426,30 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
+def _score_one(ex: dict, pred, item: dict, stats: dict) -> None:
+    """Score one sample into `item` and the level's `stats`."""
+    if pred is not None and not isinstance(pred, str):
+        pred = str(pred)
+    if ex["kind"] == "api_call":
+        g = ex["gold"]
+        if pred is None:
+            ok, err = False, "missing_output"
+            stats["missing"] += 1
+        else:
+            ok, err = check_call(parse_api_call(pred), g["api_name"], g["param_dict"], ex["api_desc"])
+            stats["lf"].append(llamafactory_scores(pred, render_call(g["api_name"], g["param_dict"])))
+        stats["calls"].append(ok)
+        item.update(verdict="correct" if ok else "incorrect", error_type=err)
+    else:
+        if pred is None:
+            score, err = 0.0, "missing_output"
+            stats["missing"] += 1
+        else:
+            score, err = (rouge_f(pred, ex["gold"]["text"]) if pred.strip() else 0.0), None
+        stats["rouge"].append(score)
+        item.update(score=score, error_type=err)
+
+
 def evaluate(examples: list[dict], responses: dict) -> dict:
     items = []
     per_level = {}
@@ -410,24 +463,17 @@ def evaluate(examples: list[dict], responses: dict) -> dict:
             gold_ok, _ = check_call((g["api_name"], g["param_dict"]), g["api_name"], g["param_dict"], ex["api_desc"])
             gold_pass, gold_total = gold_pass + gold_ok, gold_total + 1
             item["rule_source"] = rule_source(g["api_name"])
-            if pred is None:
-                ok, err = False, "missing_output"
-                stats["missing"] += 1
+        try:
+            _score_one(ex, pred, item, stats)
+        except Exception as e:  # noqa: BLE001 - one sample's failure is that sample's error, never the run's end
+            item.update(error_type="scorer_error", error=clip(f"{type(e).__name__}: {e}"))
+            if ex["kind"] == "api_call":
+                item["verdict"] = "incorrect"
+                stats["calls"].append(False)
             else:
-                ok, err = check_call(parse_api_call(pred), g["api_name"], g["param_dict"], ex["api_desc"])
-                stats["lf"].append(llamafactory_scores(pred, render_call(g["api_name"], g["param_dict"])))
-            stats["calls"].append(ok)
-            item.update(verdict="correct" if ok else "incorrect", error_type=err)
-        else:
-            if pred is None:
-                score, err = 0.0, "missing_output"
-                stats["missing"] += 1
-            else:
-                score, err = (rouge_f(pred, ex["gold"]["text"]) if pred.strip() else 0.0), None
-            stats["rouge"].append(score)
-            item.update(score=score, error_type=err)
+                item["score"] = 0.0
+                stats["rouge"].append(0.0)
         items.append(item)
-
     summary = {"benchmark": "api-bank", "levels": {}}
     for level, s in sorted(per_level.items()):
         lf = {m: _mean([x[m] for x in s["lf"]]) for m in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")}

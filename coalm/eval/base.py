@@ -62,6 +62,21 @@ def json_text(obj, **kwargs) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def clip(text: str, limit: int = 300) -> str:
+    """At most `limit` characters of `text`, saying how long it was: reports never echo a huge model output."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
+def brief(value, limit: int = 200) -> str:
+    """repr() of a value taken from model output, bounded in size; safe for ints too long to print."""
+    try:
+        text = repr(value)
+    except Exception as e:  # noqa: BLE001 - e.g. an int past Python's 4300-digit str conversion limit
+        bits = f"{value.bit_length()} bits" if isinstance(value, int) else type(e).__name__
+        text = f"<{type(value).__name__} of {bits}>"
+    return clip(text, limit)
+
+
 def plain(obj, depth: int = 0):
     """A copy of `obj` that JSON can always hold: ints too long to print, sets, tuples and other objects become
     short strings or lists; nesting is cut at 64 levels (reports must be written whatever a scorer put in them)."""

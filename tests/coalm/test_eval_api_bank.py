@@ -233,3 +233,29 @@ def test_llamafactory_word_split_and_scores():
     ref = Rouge().get_scores("[ A ( x = ' 1 ' ) ]", "[ A ( x = ' 2 ' ) ]")[0]
     assert s["rouge-1"] == pytest.approx(100 * ref["rouge-1"]["f"])
     assert s["bleu-4"] == pytest.approx(100 * bleu4_method3("[A(x='2')]", "[A(x='1')]"))
+
+
+# ---------------------------------------------------------------- parsers that adversarial text cannot stall
+
+# The official patterns, as the API-Bank evaluator writes them: the reference for our linear-time matching.
+_OFFICIAL_CALL = r"\[(\w+)\((.*)\)\]"
+_OFFICIAL_PARAM = r"(\w+)\s*=\s*['\"](.+?)['\"]|(\w+)\s*=\s*(\[.*\])|(\w+)\s*=\s*(\w+)"
+
+
+def test_linear_call_matching_equals_the_official_regexes():
+    import re
+
+    call, param = re.compile(_OFFICIAL_CALL), re.compile(_OFFICIAL_PARAM)
+    rng = random.Random(12)
+    alphabet = ["a", "b", "_", "1", "=", " ", "'", '"', "[", "]", "(", ")", "\n", ",", "é", "²", "x="]
+    for _ in range(5000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 48)))
+        m = call.search(s)
+        assert ab._call_match(s) == ((m.start(), m.group(1), m.group(2), m.end()) if m else None), s
+        assert [p.groups() for p in param.finditer(s)] == [p.groups() for p in ab._PARAM_RE.finditer(s)], s
+
+
+def test_superscript_digit_is_not_an_int():
+    assert "²".isdigit()
+    assert not ab.value_matches("int", "²", "2") and ab.value_matches("int", "2", "2")
+    assert ab._json_list("[" * 100_000) is None

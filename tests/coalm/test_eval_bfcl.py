@@ -546,3 +546,54 @@ def test_mutated_ground_truth(examples):
             p = rng.choice(strings)
             check(out({**args, p: repr("zzq " + ast.literal_eval(args[p]))}), ("incorrect", "value_error:string"))
             check(out({**args, p: "12345"}), ("incorrect", "type_error:simple"))
+
+
+# ---------------------------------------------------------------- hostile outputs (issue: scorers nothing can knock over)
+
+HOSTILE_VALUES = {
+    "'%01000000000d' % 1": "ast_decoder:decoder_failed",  # a gigabyte asked for in 24 bytes
+    "'%*d' % (1000000000, 1)": "ast_decoder:decoder_failed",
+    "'a' * 100000 * 10000": "ast_decoder:decoder_failed",
+    "[0] * 1000 * 1000 * 1000": "ast_decoder:decoder_failed",
+    "10 ** 10 ** 10": "ast_decoder:decoder_failed",
+    "0x" + "f" * 5000: None,  # a 20,000-bit int: a type or value error, not a crash
+    "10 ** 4301": None,
+    "2 ** 50000": None,
+    "'x' * 99999": None,
+}
+
+
+@pytest.mark.parametrize("expr", list(HOSTILE_VALUES))
+def test_hostile_values_are_bounded_item_errors(examples, expr):
+    ex = next(e for e in examples if e["category"] == "simple" and
+              e["functions"][0]["parameters"]["properties"][next(iter(e["answer"][0][next(iter(e["answer"][0]))]))]
+              ["type"] == "integer")
+    (name, params), = ex["answer"][0].items()
+    first = next(iter(params))
+    args = ", ".join(f"{p}={expr if p == first else repr(v[0])}" for p, v in params.items() if v[0] != "")
+    item = bfcl.evaluate([ex], {ex["id"]: f"[{name}({args})]"})["items"][0]
+    assert item["verdict"] == "incorrect"
+    want = HOSTILE_VALUES[expr]
+    assert item["error_type"] == want if want else item["error_type"].startswith(("type_error", "value_error"))
+    assert len(item["error"]) <= 1000
+
+
+def test_hostile_rows_and_reports(examples, tmp_path):
+    from coalm.eval.base import write_report
+
+    bad = tmp_path / "r.jsonl"
+    bad.write_text('{"id": ["simple_0"], "result": "[f(x=1)]"}\n')
+    with pytest.raises(EvalError, match=r"r\.jsonl:1: 'id' must be a string"):
+        bfcl.read_responses(bad)
+    bad.write_text('{"id": "simple_0", "result": "x"}\n' + "[" * 100_000 + "\n")
+    with pytest.raises(EvalError, match=r"r\.jsonl:2: JSON nested too deeply"):
+        bfcl.read_responses(bad)
+    ex = examples[0]
+    report = bfcl.evaluate([ex], {ex["id"]: "[" * 100_000 + "\ud800"})
+    assert report["items"][0]["error_type"] == "ast_decoder:decoder_failed"
+    report["items"][0]["echo"] = "\ud800" + "x" * 10 + str(10 ** 100)
+    report["items"][0]["big"] = 2 ** 50_000
+    path = write_report(report, tmp_path / "rep.json")
+    back = json.loads(path.read_text(encoding="utf-8"))
+    assert back["items"][0]["echo"].startswith("\ud800x") and back["items"][0]["big"] == "<int of 50001 bits>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "rep.json"]  # no temporary file left

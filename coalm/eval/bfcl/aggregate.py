@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from coalm.eval.base import EvalError
+from coalm.eval.base import EvalError, clip
 from coalm.eval.bfcl.checker import _fail, score_item
-from coalm.eval.bfcl.multi_turn_check import short
 from coalm.eval.bfcl.prompts import FULL_V3_SIZES, MULTI_TURN, MULTI_TURN_SIZES, SINGLE_TURN
 
 
@@ -73,7 +72,7 @@ def evaluate(examples, responses) -> dict:
             except EvalError:
                 raise
             except Exception as e:  # noqa: BLE001 - one item's failure is that item's error, never the run's end
-                verdict = _fail("checker_error", f"{type(e).__name__}: {short(str(e))}")
+                verdict = _fail("checker_error", f"{type(e).__name__}: {clip(str(e))}")
         stats["correct"] += verdict["valid"]
         items.append({"id": ex["id"], "category": ex["category"],
                       "verdict": "correct" if verdict["valid"] else "incorrect",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from coalm.eval.base import EvalError
+from coalm.eval.base import EvalError, brief, clip
 from coalm.eval.bfcl.decode import _no_call, decode_ast, is_call_list
 from coalm.eval.bfcl.prompts import RELEVANCE
 from coalm.eval.bfcl.values import _JS_TYPES, java_value, js_value
@@ -17,7 +17,7 @@ _JAVA_TYPES = {"byte": int, "short": int, "integer": int, "float": float, "doubl
 
 
 def _fail(error_type: str, error: str) -> dict:
-    return {"valid": False, "error": error, "error_type": error_type}
+    return {"valid": False, "error": clip(error, 1000), "error_type": error_type}
 
 
 _OK = {"valid": True, "error": None, "error_type": None}
@@ -42,11 +42,11 @@ def _type_check(param, value, accepted, expected, nested) -> tuple[dict, bool]:
             if not isinstance(item, list) or all(_type_check(param, v, item, nested, None)[0]["valid"] for v in value):
                 return _OK, is_variable
         if ans_type is not None and type(value) is ans_type:
-            return _fail("type_error:nested", f"nested type check failed for {param!r}: {value!r}"), True
+            return _fail("type_error:nested", f"nested type check failed for {brief(param)}: {brief(value)}"), True
     elif ans_type is not None and type(value) is ans_type:
         return _OK, True
-    return _fail("type_error:simple", f"incorrect type for {param!r}: expected {expected.__name__}, "
-                                      f"got {type(value).__name__} ({value!r})"), is_variable
+    return _fail("type_error:simple", f"incorrect type for {brief(param)}: expected {expected.__name__}, "
+                                      f"got {type(value).__name__} ({brief(value)})"), is_variable
 
 
 def _std_seq(seq):
@@ -55,14 +55,16 @@ def _std_seq(seq):
 
 def _check_string(param, value, accepted):
     if standardize(value) not in [standardize(a) for a in accepted if isinstance(a, str)]:
-        return _fail("value_error:string", f"invalid value for {param!r}: {value!r}; expected one of {accepted}")
+        return _fail("value_error:string",
+                     f"invalid value for {brief(param)}: {brief(value)}; expected one of {brief(accepted)}")
     return _OK
 
 
 def _check_list(param, value, accepted):
     options = [_std_seq(a) for a in accepted if isinstance(a, (list, str))]
     if _std_seq(list(value)) not in options:
-        return _fail("value_error:list/tuple", f"invalid value for {param!r}: {value!r}; expected one of {accepted}")
+        return _fail("value_error:list/tuple",
+                     f"invalid value for {brief(param)}: {brief(value)}; expected one of {brief(accepted)}")
     return _OK
 
 
@@ -72,22 +74,22 @@ def _seq(accepted):
 
 
 def _check_dict(param, value, accepted):
-    result = _fail("dict_checker:unclear", f"no accepted dict for {param!r}")
+    result = _fail("dict_checker:unclear", f"no accepted dict for {brief(param)}")
     for option in accepted:
         if option == "" or not isinstance(option, dict):
             continue
         result = _OK
         for key, v in value.items():
             if key not in option:
-                result = _fail("value_error:dict_key", f"unexpected dict key {key!r} in {param!r}")
+                result = _fail("value_error:dict_key", f"unexpected dict key {brief(key)} in {brief(param)}")
                 break
             if (standardize(v) if isinstance(v, str) else v) not in _std_seq(_seq(option[key])):
-                result = _fail("value_error:dict_value", f"invalid value for {key!r} in {param!r}: {v!r}; "
-                                                         f"expected one of {option[key]}")
+                result = _fail("value_error:dict_value", f"invalid value for {brief(key)} in {brief(param)}: "
+                                                         f"{brief(v)}; expected one of {brief(option[key])}")
                 break
         for key, v in option.items():
             if key not in value and "" not in _seq(v):
-                result = _fail("value_error:dict_key", f"missing dict key {key!r} in {param!r}")
+                result = _fail("value_error:dict_key", f"missing dict key {brief(key)} in {brief(param)}")
                 break
         if result["valid"]:
             return _OK
@@ -95,14 +97,14 @@ def _check_dict(param, value, accepted):
 
 
 def _check_list_of_dicts(param, value, accepted):
-    result = _fail("list_dict_checker:unclear", f"no accepted list of dicts for {param!r}")
+    result = _fail("list_dict_checker:unclear", f"no accepted list of dicts for {brief(param)}")
     for option in accepted:
         if len(value) != len(option):
-            result = _fail("value_error:list_dict_count", f"wrong number of dicts in {param!r}")
+            result = _fail("value_error:list_dict_count", f"wrong number of dicts in {brief(param)}")
             continue
         for v, o in zip(value, option):
             result = (_check_dict(param, v, [o]) if isinstance(v, dict)
-                      else _fail("value_error:dict_value", f"{param!r} holds a non-dict {v!r}"))
+                      else _fail("value_error:dict_value", f"{brief(param)} holds a non-dict {brief(v)}"))
             if not result["valid"]:
                 break
         else:
@@ -116,14 +118,14 @@ def check_call(doc: dict, call: dict, answer: dict, language: str) -> dict:
     name = doc["name"]
     props = doc["parameters"]["properties"]
     if name not in call:
-        return _fail("simple_function_checker:wrong_func_name", f"function {name!r} not found in the output")
+        return _fail("simple_function_checker:wrong_func_name", f"function {brief(name)} not found in the output")
     args = call[name]
     for p in doc["parameters"].get("required", []):
         if p not in args:
-            return _fail("simple_function_checker:missing_required", f"missing required parameter {p!r}")
+            return _fail("simple_function_checker:missing_required", f"missing required parameter {brief(p)}")
     for p, value in args.items():
         if p not in props or p not in accepted_params:
-            return _fail("simple_function_checker:unexpected_param", f"unexpected parameter {p!r}")
+            return _fail("simple_function_checker:unexpected_param", f"unexpected parameter {brief(p)}")
         typ = props[p].get("type")
         item_type = props[p].get("items", {}).get("type")
         accepted = accepted_params[p]
@@ -131,11 +133,11 @@ def check_call(doc: dict, call: dict, answer: dict, language: str) -> dict:
         if language in ("Java", "JavaScript"):
             table, convert = (_JAVA_TYPES, java_value) if language == "Java" else (_JS_TYPES, js_value)
             if typ not in table:
-                return _fail("type_error:unknown", f"{language} type {typ!r} of {p!r} is not supported")
+                return _fail("type_error:unknown", f"{language} type {brief(typ)} of {brief(p)} is not supported")
             expected = table[typ]
             if not isinstance(value, str):
                 err = "type_error:java" if language == "Java" else "type_error:js"
-                return _fail(err, f"incorrect type for {p!r}: expected String, got {type(value).__name__}")
+                return _fail(err, f"incorrect type for {brief(p)}: expected String, got {type(value).__name__}")
             if typ in ("Array", "ArrayList", "array"):
                 nested = table.get(item_type)
                 value = convert(value, typ, item_type)
@@ -144,7 +146,7 @@ def check_call(doc: dict, call: dict, answer: dict, language: str) -> dict:
         else:
             expected = _PY_TYPES.get(typ)
             if expected is None:
-                return _fail("type_error:unknown", f"type {typ!r} of {p!r} is not supported")
+                return _fail("type_error:unknown", f"type {brief(typ)} of {brief(p)} is not supported")
             if typ in ("array", "tuple"):
                 nested = _PY_TYPES.get(item_type)
         if typ == "tuple" and isinstance(value, tuple):
@@ -170,11 +172,12 @@ def check_call(doc: dict, call: dict, answer: dict, language: str) -> dict:
                     return verdict
                 continue
         if value not in accepted:
-            return _fail("value_error:others", f"invalid value for {p!r}: {value!r}; expected one of {accepted}")
+            return _fail("value_error:others",
+                         f"invalid value for {brief(p)}: {brief(value)}; expected one of {brief(accepted)}")
     for p, accepted in accepted_params.items():
         if p not in args and "" not in accepted:
             return _fail("simple_function_checker:missing_optional",
-                         f"optional parameter {p!r} not provided and not marked as optional")
+                         f"optional parameter {brief(p)} not provided and not marked as optional")
     return _OK
 
 
@@ -228,7 +231,8 @@ def score_item(example: dict, result) -> dict:
     try:
         calls = decode_ast(result, language)
     except Exception as e:  # noqa: BLE001 - model output is arbitrary text; every failure is a decoder failure
-        return _fail("ast_decoder:decoder_failed", f"invalid syntax, failed to decode: {type(e).__name__}: {e}")
+        return _fail("ast_decoder:decoder_failed",
+                     f"invalid syntax, failed to decode: {type(e).__name__}: {clip(str(e))}")
     if not is_call_list(calls):
         return _fail("ast_decoder:decoder_wrong_output_format", "did not output a list of function calls")
     return check_calls(example["functions"], calls, example["answer"], language, cat)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 
 from coalm.eval.bfcl.values import _quoted
 
@@ -17,6 +18,38 @@ _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
 _UNOPS = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_, ast.Invert: operator.invert}
 
 
+MAX_FOLDED = 1_000_000  # elements of a folded str/list, bits of a folded int
+_FORMAT_WIDTH = re.compile(r"%[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+def _size(x) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, str, bytes, list, tuple)):
+        return 1
+    return x.bit_length() if isinstance(x, int) else len(x)
+
+
+def _check_cost(op, a, b) -> None:
+    """Refuse, before computing it, folding whose result or time would be unbounded: the official decoder `eval`s
+    it (76 bytes of `'%01000000000d' % 1` ask for a gigabyte)."""
+    ints = all(type(x) is int for x in (a, b))
+    if isinstance(op, ast.Pow) and ints and abs(b) * max(1, a.bit_length()) > MAX_FOLDED // 10:
+        raise DecodeError("power too large")
+    if isinstance(op, ast.Mult):
+        seq = next((x for x in (a, b) if isinstance(x, (str, bytes, list, tuple))), None)
+        n = b if seq is a else a
+        if seq is not None and type(n) is int and len(seq) * max(n, 0) > MAX_FOLDED:
+            raise DecodeError("repetition too large")
+        if ints and a.bit_length() + b.bit_length() > MAX_FOLDED:
+            raise DecodeError("product too large")
+    if isinstance(op, (ast.Mod, ast.FloorDiv, ast.Div)) and ints and max(_size(a), _size(b)) > MAX_FOLDED:
+        raise DecodeError("operand too large")
+    if isinstance(op, ast.Mod) and isinstance(a, (str, bytes)):
+        text = a if isinstance(a, str) else a.decode("latin-1")
+        for width, prec in _FORMAT_WIDTH.findall(text):
+            if "*" in (width, prec) or max(int(width or 0), int(prec or 0)) > 10_000:
+                raise DecodeError("format width too large")
+
+
 def _fold(node):
     """Literal arithmetic, standing in for the official decoder's `eval` of a BinOp (names fail, as they do there)."""
     if isinstance(node, ast.Constant):
@@ -28,14 +61,11 @@ def _fold(node):
         return _UNOPS[type(node.op)](_fold(node.operand))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         a, b = _fold(node.left), _fold(node.right)
-        # Bound the work a hostile output can ask for (huge powers, huge repeated strings).
-        if isinstance(node.op, ast.Pow) and isinstance(a, int) and isinstance(b, int) \
-                and abs(b) * max(1, abs(a).bit_length()) > 100_000:
-            raise DecodeError("power too large")
-        if isinstance(node.op, ast.Mult) and any(isinstance(x, (str, list, tuple)) for x in (a, b)) \
-                and any(isinstance(x, int) and x > 100_000 for x in (a, b)):
-            raise DecodeError("repetition too large")
-        return _BINOPS[type(node.op)](a, b)
+        _check_cost(node.op, a, b)
+        out = _BINOPS[type(node.op)](a, b)
+        if isinstance(out, (str, bytes, list, tuple)) and len(out) > MAX_FOLDED:
+            raise DecodeError("folded value too large")
+        return out
     raise DecodeError(f"cannot evaluate {type(node).__name__} in a binary operation")
 
 

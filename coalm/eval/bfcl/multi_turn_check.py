@@ -16,23 +16,13 @@
 
 from __future__ import annotations
 
+from coalm.eval.base import brief, clip
 from coalm.eval.bfcl.executor import Backends, decode_execute
 from coalm.eval.bfcl.multi_turn import long_context
 
-MAX_ECHO = 300  # characters of a value quoted in an error message
-
-
-def short(value) -> str:
-    """repr() bounded in size (and safe for ints too long to print)."""
-    try:
-        text = repr(value)
-    except Exception as e:  # noqa: BLE001 - e.g. an int past the str-conversion limit
-        text = f"<{type(value).__name__}: {type(e).__name__}>"
-    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + f"... ({len(text)} chars)"
-
 
 def _fail(error_type: str, error: str) -> dict:
-    return {"valid": False, "error": error, "error_type": error_type}
+    return {"valid": False, "error": clip(error, 1000), "error_type": error_type}
 
 
 def _decoded_turns(result: list) -> list[list[list[str]]]:
@@ -80,7 +70,7 @@ def score_multi_turn(example: dict, result) -> dict:
     truth_turns = example["answer"]
     if not isinstance(result, list):
         return _fail("multi_turn:inference_error",
-                     "Error during inference phase. Model did not output a list of model responses: " + short(result))
+                     "Error during inference phase. Model did not output a list of model responses: " + brief(result))
     if len(result) != len(truth_turns):
         return _fail("multi_turn:force_terminated", f"the model was force-terminated: {len(result)} turns in its "
                                                     f"result, {len(truth_turns)} in the ground truth")
@@ -103,5 +93,5 @@ def score_multi_turn(example: dict, result) -> dict:
         if missing:
             return _fail("multi_turn:execution_response_mismatch",
                          f"turn {i}: the model's execution results so far lack {len(missing)} of the ground truth's, "
-                         f"e.g. {short(missing[0])}")
+                         f"e.g. {brief(missing[0])}")
     return {"valid": True, "error": None, "error_type": None}
