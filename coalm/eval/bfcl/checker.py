@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from coalm.eval import handlers
 from coalm.eval.base import EvalError, brief, clip
 from coalm.eval.bfcl.decode import _no_call, decode_ast, is_call_list
 from coalm.eval.bfcl.prompts import RELEVANCE
@@ -216,12 +217,17 @@ def check_calls(functions: list, calls: list, answers: list, language: str, cate
     return check_call(functions[0], calls[0], answers[0], language)
 
 
+def _decode(example: dict, result, language: str):
+    """The item's prompt style decides the parser: Python call syntax (official) or the LA JSON list (coalm)."""
+    return handlers.bfcl_calls(result) if example.get("style") == "coalm" else decode_ast(result, language)
+
+
 def score_item(example: dict, result) -> dict:
     """-> {"valid", "error", "error_type"} for one example and its raw model output."""
     cat = example["category"]
     if cat in RELEVANCE:
         try:
-            called = not _no_call(decode_ast(result, "Python"))
+            called = not _no_call(_decode(example, result, "Python"))
         except Exception:  # noqa: BLE001 - any decoding failure means "no call", as upstream
             called = False
         if cat == "live_relevance":
@@ -229,7 +235,7 @@ def score_item(example: dict, result) -> dict:
         return _fail("irrelevance_error:decoder_success", "made a function call where none fits") if called else _OK
     language = {"java": "Java", "javascript": "JavaScript"}.get(cat, "Python")
     try:
-        calls = decode_ast(result, language)
+        calls = _decode(example, result, language)
     except Exception as e:  # noqa: BLE001 - model output is arbitrary text; every failure is a decoder failure
         return _fail("ast_decoder:decoder_failed",
                      f"invalid syntax, failed to decode: {type(e).__name__}: {clip(str(e))}")

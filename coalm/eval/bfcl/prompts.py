@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 
+from coalm.eval import handlers
 from coalm.eval.base import EvalError, benchmark_dir, json_text, read_jsonl, read_jsonl_lines
 
 RESPONSES_SUFFIX = ".jsonl"
@@ -127,6 +128,10 @@ def load_examples(data_root, args=None) -> list[dict]:
     root = benchmark_dir(data_root, "bfcl")
     cats, multi = parse_categories(getattr(args, "category", None) or "all")
     per_cat = getattr(args, "per_category_limit", None)
+    style = handlers.style(args)  # "coalm": the CoALM-IT LA format (coalm.eval.handlers)
+    if style == "coalm" and {"java", "javascript"} & set(cats):
+        raise EvalError("--prompt-style coalm covers BFCL's Python categories; java and javascript answers are "
+                        "Java/JavaScript source text (use --prompt-style official for them)")
     examples = []
     for cat in cats:
         path = root / f"BFCL_v3_{cat}.json"
@@ -144,7 +149,8 @@ def load_examples(data_root, args=None) -> list[dict]:
                 raise EvalError(f"{path}: item {row['id']} has no possible answer in {root / 'possible_answer'}")
             examples.append({
                 "id": uid, "category": cat, "functions": row["function"], "answer": answers.get(row["id"]),
-                "messages": build_messages(row["question"][0], row["function"], cat),
+                "messages": handlers.bfcl_messages(row["question"][0], row["function"]) if style == "coalm"
+                else build_messages(row["question"][0], row["function"], cat), "style": style,
             })
     for cat in multi:
         examples += load_multi_turn(root, cat, per_cat)
