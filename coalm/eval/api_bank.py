@@ -47,6 +47,7 @@ import json
 import re
 from pathlib import Path
 
+from coalm.eval import handlers
 from coalm.eval._text_metrics import llamafactory_scores, rouge_f
 from coalm.eval.base import EvalError, benchmark_dir, clip, read_jsonl
 
@@ -354,6 +355,7 @@ def load_examples(data_root, args=None) -> list[dict]:
     if not desc_path.is_file():
         raise EvalError(f"missing {desc_path}")
     descs = {d["name"]: d for d in json.loads(desc_path.read_text())}
+    style = handlers.style(args)
 
     def describe(name):
         if name not in descs:
@@ -381,8 +383,12 @@ def load_examples(data_root, args=None) -> list[dict]:
                     prompt = RESPONSE_PROMPT + "\n".join(map(describe, apis))
                     gold = {"text": target["text"]}
                 messages = [{"role": "system", "content": prompt}] + [render_history_item(h) for h in history]
+                if style == "coalm":  # CoALM-IT formats (coalm.eval.handlers): LA calls, CRA replies
+                    shown = [descs[n] for n in (["ToolSearcher"] if level == 2 and kind == "api_call" else apis)]
+                    messages = (handlers.apibank_call_messages if kind == "api_call"
+                                else handlers.apibank_response_messages)(history, shown)
                 examples.append({"id": f"{path.name}#{sid}", "index": sid, "file": path.name, "level": level,
-                                 "kind": kind, "messages": messages, "gold": gold,
+                                 "kind": kind, "messages": messages, "gold": gold, "style": style,
                                  "api_desc": descs.get(gold.get("api_name"))})
     return examples
 
@@ -426,6 +432,19 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
+def _check_pred(ex: dict, pred: str):
+    """(correct, error type) of a call sample's output, read in the sample's prompt style."""
+    g = ex["gold"]
+    if ex.get("style") == "coalm":  # the LA JSON list (coalm.eval.handlers)
+        try:
+            parsed = handlers.apibank_call(pred)
+        except handlers.HandlerError:
+            return False, "decoder_failed"
+    else:
+        parsed = parse_api_call(pred)
+    return check_call(parsed, g["api_name"], g["param_dict"], ex["api_desc"])
+
+
 def _score_one(ex: dict, pred, item: dict, stats: dict) -> None:
     """Score one sample into `item` and the level's `stats`."""
     if pred is not None and not isinstance(pred, str):
@@ -436,7 +455,7 @@ def _score_one(ex: dict, pred, item: dict, stats: dict) -> None:
             ok, err = False, "missing_output"
             stats["missing"] += 1
         else:
-            ok, err = check_call(parse_api_call(pred), g["api_name"], g["param_dict"], ex["api_desc"])
+            ok, err = _check_pred(ex, pred)
             stats["lf"].append(llamafactory_scores(pred, render_call(g["api_name"], g["param_dict"])))
         stats["calls"].append(ok)
         item.update(verdict="correct" if ok else "incorrect", error_type=err)
@@ -445,6 +464,8 @@ def _score_one(ex: dict, pred, item: dict, stats: dict) -> None:
             score, err = 0.0, "missing_output"
             stats["missing"] += 1
         else:
+            if ex.get("style") == "coalm":
+                pred = handlers.apibank_reply(pred)  # the reply after "System:"
             score, err = (rouge_f(pred, ex["gold"]["text"]) if pred.strip() else 0.0), None
         stats["rouge"].append(score)
         item.update(score=score, error_type=err)
