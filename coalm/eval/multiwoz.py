@@ -5,139 +5,61 @@ Data: a MultiWOZ 2.1/2.4 `data.json`-style file `{dialogue_id: {"goal", "log"}}`
 2.1 number is never a 2.4 number). Dialogues are restricted to `testListFile.txt` when it is present. Ids are
 lowercased without ".json" ("sng0073"), as mwzeval expects. One example per system turn: turn t's gold state is the
 `metadata` of system turn t (the cumulative state after user turn t), restricted to the usual 30 slots of five
-domains (`ONTOLOGY`; book slots are named "book day", ...).
+domains (`ONTOLOGY`; book slots are named "book day", ...), values lowercased, the dontcare spellings unified.
 
 Tasks (`--multiwoz-task`): "dst" asks for the state as JSON `{domain: {slot: value}}` given the history up to the user
-turn; "response" asks for the next system reply, delexicalised with [name], [phone], ... placeholders (Inform and
-Success only see placeholders, as in mwzeval; without predicted states the gold states are used). Saved outputs are the mwzeval dict
-`{dialogue_id: [{"response", "state"}, ...]}`, one entry per system turn.
+turn; "response" asks for the next system reply, delexicalised with [name], [phone], ... placeholders. Saved outputs
+are the mwzeval dict `{dialogue_id: [{"response", "state", "active_domains"?}, ...]}`, one entry per system turn.
+A predicted state keeps its values as written; only domain and slot names are made canonical ("leaveAt", "leave at"
+-> "leaveat", "price range" -> "pricerange", "book_day" -> "book day", {"hotel-area": v} accepted) and empty values
+("", "none", "not mentioned") dropped.
 
-State comparison. Slot names are lowercased and a few spellings mapped ("leaveAt", "leave at", "leave" ->
-"leaveat"; "price range"/"price" -> "pricerange"; "book_day"/"bookday" -> "book day"); values are lowercased and
-stripped, "dont care"/"don't care"/"do n't care" -> "dontcare"; empty, "not mentioned" and "none" drop the slot.
-- strict JGA: the turn's set of (domain, slot, value) equals the gold set;
-- fuzzy JGA (mwzeval's DST rule): same (domain, slot) keys and every value matches the gold value with
-  `partial_ratio > 95`, where `partial_ratio` is fuzzywuzzy's (difflib path, reimplemented here: the shorter string
-  against each equal-length window of the longer one that a difflib matching block points to, best ratio, rounded
-  to 0-100; 100 for identical strings, 0 if either is empty);
-- slot precision/recall/F1: micro-averaged over all turns, strict values (and a fuzzy F1 next to it).
+- strict JGA, as TRADE computes it: the turn's set of (domain, slot, value) equals the gold set, values compared
+  exactly, case included; slot precision/recall/F1 (strict) micro-averaged over turns next to it;
+- fuzzy JGA and slot P/R/F1, as mwzeval's `get_dst`: both states through mwzeval's `normalize_data` (see
+  `multiwoz_norm`), the reference without "dontcare" slots (mwzeval's MultiWOZ 2.2 gold states omit them), same
+  keys and every value with fuzzywuzzy's `partial_ratio > 95` (python-Levenshtein flavour);
+- Inform / Success as mwzeval's `get_success` on states normalised the same way, BLEU with sacrebleu as `get_bleu`
+  (see `multiwoz_success`). BLEU references are delexicalised here from the 2.1 `span_info`, not mwzeval's
+  MultiWOZ 2.2 references, so the number is not comparable to published mwzeval BLEU; without predicted states the
+  2.1 gold states stand in for mwzeval's 2.2 ones.
 
-Inform / Success follow mwzeval's `get_dialog_success`: responses are lowercased and their delexicalised
-placeholders (`[restaurant_name]`, `[value_phone]`, `[phone]`, plural suffixes) mapped to mwzeval's names (NAME,
-PHONE, ...). A venue is offered when a turn whose active domain is d mentions NAME (TRAINID for trains); the offered
-venues are the database matches of that turn's state (predicted state when given, else gold). Inform: for every goal
-domain the last offered venues are a subset of the venues matching the goal constraints (goal names, and the taxi/
-police/hospital domains, match automatically; a train with no TRAINID request and no offer matches). Success:
-Inform, and every requested PHONE/ADDRESS/POST/TRAINID was mentioned and REFERENCE appears in a turn where
-`booked_domains.json` marks the domain booked. Database matching as in mwzeval (`mwzeval_database/`): constraints
-on the venue's columns, "dontcare" ignored, leave >= / arrive <= for trains, fuzzy names (partial_ratio >= 90).
-Active domains are taken from "active_domains" when given, else estimated from state changes as mwzeval does.
-mwzeval's `goals.json` is missing here; goals are rebuilt from each dialogue's raw goal the way the original
-MultiWOZ evaluator parses them (info -> informable; requestables phone/address/postcode/reference(+ booking)/
-trainID). Not reproduced: mwzeval's long list of venue-name spelling fixes and the Moses detokenisation.
-BLEU (when responses are given): corpus BLEU-4 against references delexicalised here from the 2.1 `span_info`,
-not mwzeval's MultiWOZ 2.2 references, so it is not comparable to published mwzeval BLEU.
+A responses file whose turns are not objects, a non-string response, a non-list `active_domains` or an unreadable
+state is reported (file and dialogue) or scored as that turn's error; it never stops the report.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
 import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import ClassVar
 
-from coalm.eval._text_metrics import corpus_bleu4
-from coalm.eval.base import EvalError, benchmark_dir
+from coalm.eval.base import EvalError, benchmark_dir, clip
+from coalm.eval.multiwoz_norm import (  # noqa: F401 - re-exported: the module's public names
+    EMPTY_VALUES,
+    ONTOLOGY,
+    gold_state,
+    mwz_state,
+    norm_slot,
+    norm_value,
+    normalize_state,
+    partial_ratio,
+)
+from coalm.eval.multiwoz_success import (
+    VenueDatabase,
+    bleu,
+    dialog_inform_success,
+    estimate_domains,
+    normalize_response,
+    parse_goal,
+)
 
 DEFAULT_FILE = "mwz21_test_shared900.json"
 TASKS = ("dst", "response")
 RESPONSES_SUFFIX = ".json"
-ONTOLOGY = {
-    "hotel": ["pricerange", "type", "parking", "book stay", "book day", "book people", "area", "stars", "internet",
-              "name"],
-    "train": ["destination", "day", "departure", "arriveby", "book people", "leaveat"],
-    "attraction": ["area", "name", "type"],
-    "restaurant": ["food", "pricerange", "area", "name", "book time", "book day", "book people"],
-    "taxi": ["leaveat", "destination", "departure", "arriveby"],
-}
-EMPTY_VALUES = {"", "not mentioned", "none"}
 FUZZY_STATE = 95  # mwzeval DST: a value matches when partial_ratio > 95
-FUZZY_DB = 90  # mwzeval database: a venue column matches when partial_ratio >= 90
-_SLOT_ALIASES = {"leave at": "leaveat", "leave": "leaveat", "arrive by": "arriveby", "arrive": "arriveby",
-                 "price range": "pricerange", "price": "pricerange"}
-_DONTCARE = {"dont care", "don't care", "do n't care", "do nt care", "dontcare", "don't care."}
-
-# ---------------------------------------------------------------- string matching
-
-
-@functools.lru_cache(maxsize=1 << 16)  # database look-ups repeat the same (column, value) pairs many times
-def partial_ratio(a: str, b: str) -> int:
-    """fuzzywuzzy's partial_ratio (difflib implementation), 0-100."""
-    if not a or not b:
-        return 0
-    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
-    best = 0.0
-    for i, j, _ in difflib.SequenceMatcher(None, short, long_).get_matching_blocks():
-        start = max(0, j - i)
-        r = difflib.SequenceMatcher(None, short, long_[start : start + len(short)]).ratio()
-        if r > 0.995:
-            return 100
-        best = max(best, r)
-    return round(100 * best)
-
-
-# ---------------------------------------------------------------- states
-
-
-def norm_slot(slot: str) -> str:
-    s = " ".join(str(slot).lower().replace("_", " ").replace("-", " ").split())
-    if s.startswith("book") and not s.startswith("book "):
-        s = "book " + s[4:]
-    return _SLOT_ALIASES.get(s, s)
-
-
-def norm_value(value) -> str:
-    v = " ".join(str(value).lower().split())
-    return "dontcare" if v in _DONTCARE else v
-
-
-def normalize_state(state) -> dict:
-    """{domain: {slot: value}} with canonical names, empty values dropped; also accepts {"domain-slot": value}."""
-    out: dict = {}
-    if not isinstance(state, dict):
-        return out
-    for dom, slots in state.items():
-        if isinstance(slots, dict):
-            items = [(str(dom), s, v) for s, v in slots.items()]
-        elif "-" in str(dom):
-            d, s = str(dom).split("-", 1)
-            items = [(d, s, slots)]
-        else:
-            continue
-        for d, s, v in items:
-            if isinstance(v, (dict, list)):
-                continue
-            v = norm_value(v)
-            if v not in EMPTY_VALUES:
-                out.setdefault(d.strip().lower(), {})[norm_slot(s)] = v
-    return out
-
-
-def gold_state(metadata: dict) -> dict:
-    state = {}
-    for dom, slots in ONTOLOGY.items():
-        meta = metadata.get(dom, {})
-        for slot in slots:
-            src = meta.get("book", {}) if slot.startswith("book ") else meta.get("semi", {})
-            key = slot.removeprefix("book ")
-            raw = next((v for k, v in src.items() if k.lower() == key), "")
-            v = norm_value(raw)
-            if v not in EMPTY_VALUES:
-                state.setdefault(dom, {})[slot] = v
-    return state
+MAX_STATE_TEXT = 100_000  # characters of a model output searched for a JSON state
 
 
 def _flat(state: dict) -> dict:
@@ -145,60 +67,40 @@ def _flat(state: dict) -> dict:
 
 
 def compare_states(pred: dict, gold: dict) -> dict:
+    """Strict (TRADE) and fuzzy (mwzeval) comparison of a predicted state (see `normalize_state`) with the gold one."""
     p, g = _flat(pred), _flat(gold)
-    fuzzy_ok = lambda k: k in p and partial_ratio(p[k], g[k]) > FUZZY_STATE
     tp = sum(1 for k in g if p.get(k) == g[k])
-    ftp = sum(1 for k in g if fuzzy_ok(k))
     err = None
     for k in sorted(g):
         if k not in p:
             err = err or f"missing_slot:{k[0]}-{k[1]}"
         elif p[k] != g[k]:
             err = err or f"wrong_value:{k[0]}-{k[1]}"
-    for k in sorted(set(p) - set(g)):
-        err = err or f"extra_slot:{k[0]}-{k[1]}"
-    return {"strict": p == g, "fuzzy": p.keys() == g.keys() and all(fuzzy_ok(k) for k in g),
-            "tp": tp, "fp": len(p) - tp, "fn": len(g) - tp, "ftp": ftp, "ffp": len(p) - ftp, "ffn": len(g) - ftp,
+    for k in sorted(set(p) - set(g), key=str):
+        err = err or clip(f"extra_slot:{k[0]}-{k[1]}", 200)
+    mp = _flat(mwz_state(pred))
+    mg = _flat(mwz_state({d: {s: v for s, v in slots.items() if v != "dontcare"} for d, slots in gold.items()}))
+    ftp = sum(1 for k, v in mp.items() if k in mg and partial_ratio(v, mg[k]) > FUZZY_STATE)
+    return {"strict": p == g, "fuzzy": mp.keys() == mg.keys() and ftp == len(mg),
+            "tp": tp, "fp": len(p) - tp, "fn": len(g) - tp, "ftp": ftp, "ffp": len(mp) - ftp, "ffn": len(mg) - ftp,
             "error": err}
 
 
 def parse_state_text(text: str):
-    """The first JSON object in a model output as a normalised state, or None when there is none."""
+    """The first JSON object in a model output as a state (see `normalize_state`), or None when there is none."""
     dec = json.JSONDecoder()
-    for m in re.finditer(r"\{", text or ""):
+    text = (text if isinstance(text, str) else "")[:MAX_STATE_TEXT]
+    for m in re.finditer(r"\{", text):
         try:
             obj, _ = dec.raw_decode(text, m.start())
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
             continue
         if isinstance(obj, dict):
             return normalize_state(obj)
     return None
 
 
-# ---------------------------------------------------------------- responses, database, goals
-
-_PLACEHOLDER = re.compile(r"\[([\w\s\d]+)\](es|s|-s|-es|)")
-_MWZ_SLOT = {
-    "ADDRESS": "address addr", "AREA": "area", "TIME": "time booktime arrive arriveby leave leaveat duration",
-    "DAY": "day bookday", "PLACE": "destination departure dest depart place", "FOOD": "food", "NAME": "name",
-    "PHONE": "phone", "POST": "postcode post", "PRICE": "price pricerange entrancefee fee ticket",
-    "REFERENCE": "ref reference", "COUNT": "stars stay bookstay people bookpeople choice count",
-    "TYPE": "type car", "TRAINID": "trainid id train", "INTERNET": "internet", "PARKING": "parking",
-    "DEPARTMENT": "department", "OPEN": "openhours open",
-}
-_MWZ_SLOT = {alias: name for name, aliases in _MWZ_SLOT.items() for alias in aliases.split()}
-_DOMAIN_PREFIX = re.compile(r"^(value|restaurant|hotel|attraction|train|taxi|police|hospital|booking)[_ ]")
-
-
-def normalize_response(text: str) -> str:
-    """Lowercase and map delexicalised placeholders to mwzeval's upper-case slot names (unknown ones vanish)."""
-
-    def repl(m):
-        name = _DOMAIN_PREFIX.sub("", m.group(1).strip()).replace(" ", "").replace("_", "")
-        return _MWZ_SLOT.get(name, "")
-
-    return _PLACEHOLDER.sub(repl, (text or "").lower())
-
+# ---------------------------------------------------------------- reference responses
 
 def delexicalize(turn: dict) -> str:
     words = turn["text"].split()
@@ -210,167 +112,6 @@ def delexicalize(turn: dict) -> str:
         out += words[pos:start] + [f"[{act.split('-')[0].lower()}_{slot.lower()}]"]
         pos = end + 1
     return " ".join(out + words[pos:])
-
-
-def _time_minutes(t: str) -> int:
-    t = _canon_time(t)
-    return int(t[:2]) * 60 + int(t[3:5]) if re.match(r"\d\d:\d\d", t) else 0
-
-
-def _canon_time(t: str) -> str:
-    t = t.strip().lower()
-    for pre in ("by ", "after "):
-        if t.startswith(pre):
-            t = t[len(pre):].strip()
-    pm = t.endswith(("pm", "p.m.")) and not t.startswith("12")
-    t = re.sub(r"\s*(am|a\.m\.|pm|p\.m\.)$", "", t).replace(" ", "").rstrip(".,?")
-    if t.isdigit():
-        t = t[:2] + ":" + t[2:] if len(t) == 4 else t.zfill(2) + ":00"
-    if re.fullmatch(r"\d:\d\d", t):
-        t = "0" + t
-    if pm and re.fullmatch(r"\d\d:\d\d", t):
-        t = f"{int(t[:2]) + 12:02d}{t[2:]}"
-    return t
-
-
-def _canon_value(key: str, v: str) -> str:
-    v = v.strip().lower()
-    if key == "type":
-        return {"swimming pool": "swimmingpool", "night club": "nightclub", "guest house": "guesthouse",
-                "mutliple sports": "multiple sports"}.get(v, v)
-    if key in ("parking", "internet"):
-        return "yes" if v == "free" else v
-    if key in ("name", "destination", "departure"):
-        return v.replace(" & ", " and ").replace("&", " and ").replace(" '", "'")
-    return v
-
-
-class VenueDatabase:
-    """mwzeval's venue look-up over `mwzeval_database/{restaurant,attraction,hotel,train}_db.json`."""
-
-    IGNORE: ClassVar[dict] = {"attraction": {"location", "openhours"}, "hotel": {"location", "price", "takesbookings"},
-              "restaurant": {"location", "introduction", "signature"}}
-    FUZZY: ClassVar[dict] = {"hotel": {"name"}, "attraction": {"name"}, "restaurant": {"name", "food"},
-             "train": {"departure", "destination"}}
-
-    def __init__(self, folder: Path):
-        self.rows = {}
-        for dom in ("restaurant", "attraction", "hotel", "train"):
-            path = Path(folder) / f"{dom}_db.json"
-            if not path.is_file():
-                raise EvalError(f"missing venue database {path} (needed for Inform/Success)")
-            rows = []
-            for item in json.loads(path.read_text()):
-                rows.append({self._col(k): v for k, v in item.items() if k not in self.IGNORE.get(dom, ())})
-            self.rows[dom] = rows
-
-    @staticmethod
-    def _col(name: str) -> str:
-        if name == "id":
-            return name
-        n = name.lower().replace(" ", "")
-        return {"arriveby": "arrive", "leaveat": "leave"}.get(n, n)
-
-    def query(self, domain: str, constraints: dict) -> list[str]:
-        return list(self._query(domain, tuple(sorted(constraints.items()))))
-
-    @functools.lru_cache(maxsize=1 << 14)  # noqa: B019 - one database per evaluation, states repeat across turns
-    def _query(self, domain: str, items: tuple) -> tuple:
-        constraints = dict(items)
-        if domain not in self.rows:
-            return ()
-        cons = {self._col({"arriveby": "arrive", "leaveat": "leave"}.get(k, k)): v for k, v in constraints.items()}
-        keys = self.rows[domain][0].keys()
-        query = {k: _canon_value(k, cons[k]) for k in keys if k in cons and norm_value(cons[k]) != "dontcare"}
-        out = []
-        for item in self.rows[domain]:
-            ok = True
-            for k, v in query.items():
-                if item[k] == "?":
-                    continue
-                if k == "arrive":
-                    ok = _time_minutes(item[k]) <= _time_minutes(v)
-                elif k == "leave":
-                    ok = _time_minutes(item[k]) >= _time_minutes(v)
-                elif k in self.FUZZY.get(domain, ()):
-                    ok = partial_ratio(item[k], v) >= FUZZY_DB
-                else:
-                    ok = item[k] == v
-                if not ok:
-                    break
-            if ok:
-                out.append(item["trainid"] if domain == "train" else item["id"])
-        return tuple(out)
-
-
-def parse_goal(raw: dict) -> dict:
-    """mwzeval-style goal {domain: {"informable", "requestable"}} from a MultiWOZ raw goal."""
-    goal = {}
-    for dom in ("restaurant", "hotel", "attraction", "train", "taxi", "police", "hospital"):
-        g = raw.get(dom)
-        if not isinstance(g, dict) or "info" not in g:
-            continue
-        reqt = set(g.get("reqt", []))
-        if dom == "train":
-            req = {"TRAINID"} if "trainID" in reqt else set()
-        else:
-            names = {"phone": "PHONE", "address": "ADDRESS", "postcode": "POST", "reference": "REFERENCE"}
-            req = {names[r] for r in reqt if r in names}
-        if "book" in g:
-            req.add("REFERENCE")
-        informable = {norm_slot(k): norm_value(v) for k, v in g["info"].items()}
-        goal[dom] = {"informable": informable, "requestable": sorted(req)}
-    return goal
-
-
-def estimate_domains(states: list[dict]) -> list[list[str]]:
-    """mwzeval's active-domain estimate: the domain whose state changed (the previous one when several did)."""
-    out, current, old, old_changed = [], None, {}, []
-    for state in states:
-        changed = [d for d in state if set(state.get(d, {}).items()) - set(old.get(d, {}).items())]
-        if not changed:
-            if current is None:
-                out.append([])
-                continue
-            if len(old_changed) > 1:
-                rest = [d for d in old_changed if d in state and d != current]
-                if rest:
-                    current = rest[0]
-        elif current not in changed:
-            current = max(changed, key=lambda d: len(state[d]))
-        old, old_changed = state, changed
-        out.append([current])
-    return out
-
-
-def dialog_inform_success(goal, booked, responses, states, domains, db) -> tuple[bool, bool]:
-    offered = {d: [] for d in goal}
-    provided = {d: set() for d in goal}
-    for utt, state, booked_now, active in zip(responses, states, booked, domains, strict=True):
-        for dom in goal:
-            if dom not in active:
-                continue
-            if ("NAME" in utt and dom in ("restaurant", "hotel", "attraction")) or ("TRAINID" in utt and dom == "train"):
-                venues = db.query(dom, _db_constraints(state.get(dom, {}))) if dom in state else []
-                if not offered[dom] or any(v not in venues for v in offered[dom]):
-                    offered[dom] = venues
-            for slot in ("PHONE", "ADDRESS", "POST", "REFERENCE", "TRAINID"):
-                if slot in utt and (slot != "REFERENCE" or dom in booked_now):
-                    provided[dom].add(slot)
-    inform = True
-    for dom, g in goal.items():
-        auto = ("name" in g["informable"] or dom in ("taxi", "police", "hospital")
-                or (dom == "train" and not offered[dom] and "TRAINID" not in g["requestable"]))
-        if auto:
-            continue
-        if dom not in ("restaurant", "hotel", "attraction", "train") or not offered[dom] or not set(offered[dom]) <= set(db.query(dom, _db_constraints(g["informable"]))):
-            inform = False
-    success = inform and all(set(g["requestable"]) <= provided[d] for d, g in goal.items())
-    return inform, success
-
-
-def _db_constraints(slots: dict) -> dict:
-    return {s: v for s, v in slots.items() if not s.startswith("book ")}
 
 
 # ---------------------------------------------------------------- the module interface
@@ -468,21 +209,38 @@ def test_queries(root) -> list[str]:
 test_queries.__test__ = False  # a data function, not a pytest test
 
 
+def _check_turn(turn, where: str) -> None:
+    if not isinstance(turn, dict):
+        raise EvalError(f"{where}: a turn must be an object {{response, state}}, got {type(turn).__name__}")
+    if "response" in turn and not isinstance(turn["response"], str):
+        raise EvalError(f"{where}: 'response' must be a string, got {type(turn['response']).__name__}")
+    if "state" in turn and not isinstance(turn["state"], dict):
+        raise EvalError(f"{where}: 'state' must be an object {{domain: {{slot: value}}}}")
+    doms = turn.get("active_domains", [])
+    if not isinstance(doms, list) or not all(isinstance(d, str) for d in doms):
+        raise EvalError(f"{where}: 'active_domains' must be a list of domain names")
+
+
 def read_responses(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"responses file {path} not found")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise EvalError(f"{path}: not JSON ({e})") from None
+        raise EvalError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+    except RecursionError:
+        raise EvalError(f"{path}: JSON nested too deeply to read") from None
+    except UnicodeDecodeError as e:
+        raise EvalError(f"{path}: not UTF-8 text ({e.reason})") from None
     if not isinstance(data, dict):
         raise EvalError(f"{path}: expected the mwzeval dict {{dialogue_id: [{{response, state}}, ...]}}")
     out = {}
     for did, turns in data.items():
-        if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
-            raise EvalError(f"{path}: dialogue {did!r} must map to a list of {{response, state}} turns")
+        if not isinstance(turns, list):
+            raise EvalError(f"{path}: dialogue {clip(did, 100)!r} must map to a list of {{response, state}} turns")
         for t, turn in enumerate(turns):
+            _check_turn(turn, f"{path}: dialogue {clip(did, 100)!r}, turn {t}")
             out[f"{dialogue_key(did)}:{t}"] = turn
     return out
 
@@ -518,22 +276,32 @@ def _ratio(a, b):
     return a / b if b else None
 
 
+def _dst_item(ex: dict, r) -> tuple[dict, dict]:
+    item = {"id": ex["id"], "kind": "dst_turn"}
+    if r is None or "state" not in r:
+        item.update(verdict="incorrect", fuzzy=False, error_type="missing_output")
+        return item, compare_states({}, ex["gold_state"])
+    cmp_ = compare_states(normalize_state(r["state"]), ex["gold_state"])
+    err = "parse_error" if r.get("parse_error") else cmp_["error"]
+    item.update(verdict="correct" if cmp_["strict"] else "incorrect", fuzzy=cmp_["fuzzy"], error_type=err)
+    return item, cmp_
+
+
+def _f1(p, r):
+    return 2 * p * r / (p + r) if p and r else 0.0
+
+
 def evaluate(examples, responses) -> dict:
     version = examples[0]["data_version"] if examples else "unknown"
     items, tot = [], Counter()
     has_states = any("state" in (responses.get(ex["id"]) or {}) for ex in examples)
-    for ex in examples:
-        r = responses.get(ex["id"])
-        if not has_states:
-            break
-        item = {"id": ex["id"], "kind": "dst_turn"}
-        if r is None or "state" not in r:
-            item.update(verdict="incorrect", fuzzy=False, error_type="missing_output")
+    for ex in examples if has_states else []:
+        try:
+            item, cmp_ = _dst_item(ex, responses.get(ex["id"]))
+        except Exception as e:  # noqa: BLE001 - one turn's failure is that turn's error, never the run's end
+            item = {"id": ex["id"], "kind": "dst_turn", "verdict": "incorrect", "fuzzy": False,
+                    "error_type": "scorer_error", "error": clip(f"{type(e).__name__}: {e}")}
             cmp_ = compare_states({}, ex["gold_state"])
-        else:
-            cmp_ = compare_states(normalize_state(r["state"]), ex["gold_state"])
-            err = "parse_error" if r.get("parse_error") else cmp_["error"]
-            item.update(verdict="correct" if cmp_["strict"] else "incorrect", fuzzy=cmp_["fuzzy"], error_type=err)
         tot.update({k: int(v) for k, v in cmp_.items() if k != "error"})
         tot["turns"] += 1
         items.append(item)
@@ -544,14 +312,26 @@ def evaluate(examples, responses) -> dict:
         p, r_ = _ratio(tot["tp"], tot["tp"] + tot["fp"]), _ratio(tot["tp"], tot["tp"] + tot["fn"])
         fp_, fr_ = _ratio(tot["ftp"], tot["ftp"] + tot["ffp"]), _ratio(tot["ftp"], tot["ftp"] + tot["ffn"])
         summary.update(jga_strict=tot["strict"] / tot["turns"], jga_fuzzy=tot["fuzzy"] / tot["turns"],
-                       slot_precision=p, slot_recall=r_,
-                       slot_f1=2 * p * r_ / (p + r_) if p and r_ else 0.0,
-                       slot_f1_fuzzy=2 * fp_ * fr_ / (fp_ + fr_) if fp_ and fr_ else 0.0,
-                       fuzzy_threshold=f"partial_ratio > {FUZZY_STATE}")
-    has_resp = any((responses.get(ex["id"]) or {}).get("response") for ex in examples)
+                       slot_precision=p, slot_recall=r_, slot_f1=_f1(p, r_),
+                       slot_precision_fuzzy=fp_, slot_recall_fuzzy=fr_, slot_f1_fuzzy=_f1(fp_, fr_),
+                       jga_strict_rule="TRADE: exact (domain, slot, value) set, case included",
+                       fuzzy_rule=f"mwzeval get_dst: normalize_data, partial_ratio > {FUZZY_STATE}")
+    has_resp = any(isinstance((responses.get(ex["id"]) or {}).get("response"), str)
+                   and responses[ex["id"]]["response"] for ex in examples)
     if has_resp:
         summary.update(_response_metrics(examples, responses, items))
     return {"summary": summary, "items": items}
+
+
+def _dialogue(exs: list[dict], turns: list[dict], db) -> tuple[bool, bool]:
+    utts = [normalize_response(t.get("response", "")) for t in turns]
+    states = [mwz_state(normalize_state(t["state"]) if "state" in t else ex["gold_state"])
+              for t, ex in zip(turns, exs)]
+    if all("active_domains" in t for t in turns):
+        domains = [list(t["active_domains"]) for t in turns]
+    else:
+        domains = estimate_domains(states)
+    return dialog_inform_success(exs[0]["goal"], [ex["booked_domains"] for ex in exs], utts, states, domains, db)
 
 
 def _response_metrics(examples, responses, items) -> dict:
@@ -561,20 +341,19 @@ def _response_metrics(examples, responses, items) -> dict:
         by_dialog.setdefault(ex["dialogue_id"], []).append(ex)
     informs, successes, hyps, refs = [], [], [], []
     for did, exs in by_dialog.items():
-        turns = [responses.get(ex["id"]) or {} for ex in exs]
-        utts = [normalize_response(t.get("response", "")) for t in turns]
-        states = [normalize_state(t["state"]) if "state" in t else ex["gold_state"] for t, ex in zip(turns, exs)]
-        if all("active_domains" in t for t in turns):
-            domains = [list(t["active_domains"]) for t in turns]
-        else:
-            domains = estimate_domains(states)
-        inform, success = dialog_inform_success(exs[0]["goal"], [ex["booked_domains"] for ex in exs], utts,
-                                                states, domains, db)
+        turns = [r if isinstance(r := responses.get(ex["id"]), dict) else {} for ex in exs]
+        try:
+            inform, success = _dialogue(exs, turns, db)
+            err = None if success else "no_inform" if not inform else "missing_requestable"
+        except Exception as e:  # noqa: BLE001 - one dialogue's failure is that dialogue's error
+            inform = success = False
+            err = "scorer_error: " + clip(f"{type(e).__name__}: {e}")
         informs.append(inform)
         successes.append(success)
         items.append({"id": did, "kind": "dialogue", "score": {"inform": inform, "success": success},
-                      "error_type": None if success else "no_inform" if not inform else "missing_requestable"})
-        hyps += [t.get("response", "") for t in turns]
-        refs += [ex["gold_response_delex"] for ex in exs]
+                      "error_type": err})
+        hyps += [normalize_response(t.get("response", "")) for t in turns]
+        refs += [normalize_response(ex["gold_response_delex"]) for ex in exs]
     return {"inform": sum(informs) / len(informs), "success": sum(successes) / len(successes),
-            "bleu_vs_delex_2.1_refs": corpus_bleu4(refs, hyps)}
+            "bleu_vs_delex_2.1_refs": bleu(hyps, refs),
+            "bleu_rule": "sacrebleu corpus_bleu on mwzeval-normalised responses (as get_bleu), 2.1 references"}

@@ -41,14 +41,24 @@ def test_loader_counts_ids_and_version():
     assert e["messages"][-1]["content"].startswith("User: I would like a taxi from Saint John 's college")
 
 
+def _no_dontcare(state):
+    return {d: {k: v for k, v in slots.items() if v != "dontcare"} for d, slots in state.items()}
+
+
 def test_gold_states_and_responses_score_full(quick):
     rep = mw.evaluate(quick, _gold(quick))
     s = rep["summary"]
     assert s["data_version"] == "2.1" and "2.4" in s["note"]
-    assert s["jga_strict"] == 1.0 and s["jga_fuzzy"] == 1.0 and s["slot_f1"] == 1.0 and s["slot_f1_fuzzy"] == 1.0
+    assert s["jga_strict"] == 1.0 and s["slot_f1"] == 1.0
     assert s["bleu_vs_delex_2.1_refs"] == pytest.approx(100.0)
     assert 0.0 < s["success"] <= s["inform"] <= 1.0
-    assert all(it["verdict"] == "correct" and it["fuzzy"] for it in rep["items"] if it["kind"] == "dst_turn")
+    assert all(it["verdict"] == "correct" for it in rep["items"] if it["kind"] == "dst_turn")
+    # mwzeval's references (MultiWOZ 2.2 gold states) hold no "dontcare" slot: a state that names one is a miss.
+    with_dc = {e["id"] for e in quick if "dontcare" in mw._flat(e["gold_state"]).values()}
+    assert with_dc and all(not it["fuzzy"] for it in rep["items"] if it["id"] in with_dc)
+    clean = {i: {"state": _no_dontcare(r["state"])} for i, r in _gold(quick, response=False).items()}
+    s = mw.evaluate(quick, clean)["summary"]
+    assert s["jga_fuzzy"] == 1.0 and s["slot_f1_fuzzy"] == 1.0 and s["jga_strict"] < 1.0
 
 
 def test_partial_ratio_hand_values():
@@ -65,7 +75,10 @@ def test_partial_ratio_hand_values():
 @pytest.mark.parametrize("pred,strict,fuzzy,err", [
     ({"hotel": {"name": "cambridge belfry", "area": "west"}}, False, True, "wrong_value:hotel-name"),
     ({"hotel": {"name": "the cambridge belfry", "area": "west"}}, True, True, None),
-    ({"hotel": {"name": "The Cambridge Belfry ", "area": "West", "stars": "not mentioned"}}, True, True, None),
+    # strict is TRADE's exact match, case included; mwzeval canonicalises names (lower case) but not areas
+    ({"hotel": {"name": "The Cambridge Belfry ", "area": "west", "stars": "not mentioned"}}, False, True,
+     "wrong_value:hotel-name"),
+    ({"hotel": {"name": "the cambridge belfry", "area": "West"}}, False, False, "wrong_value:hotel-area"),
     ({"hotel": {"name": "the cambridge belfry"}}, False, False, "missing_slot:hotel-area"),
     ({"hotel": {"name": "the cambridge belfry", "area": "east"}}, False, False, "wrong_value:hotel-area"),
     ({"hotel": {"name": "the cambridge belfry", "area": "west", "parking": "yes"}}, False, False,
@@ -82,16 +95,15 @@ def test_slot_names_and_values_are_normalised():
     s = mw.normalize_state({"Train": {"leaveAt": "10:15", "arrive by": "none", "book_people": "2"},
                             "restaurant": {"price range": "Cheap", "food": "don't care"}})
     assert s == {"train": {"leaveat": "10:15", "book people": "2"},
-                 "restaurant": {"pricerange": "cheap", "food": "dontcare"}}
+                 "restaurant": {"pricerange": "Cheap", "food": "don't care"}}  # values as written
 
 
 def test_random_mutations_on_real_turns(quick):
     rng = random.Random(2024)
-    turns = [e for e in quick if mw._flat(e["gold_state"])]
+    turns = [e for e in quick if any(v != "dontcare" for v in mw._flat(e["gold_state"]).values())]
     for e in rng.sample(turns, 60):
         gold = e["gold_state"]
-        dom = rng.choice(sorted(gold))
-        slot = rng.choice(sorted(gold[dom]))
+        dom, slot = rng.choice(sorted(k for k, v in mw._flat(gold).items() if v != "dontcare"))
         changed = copy.deepcopy(gold)
         changed[dom][slot] = "".join(rng.choice("qxzjkv") for _ in range(6))
         dropped = copy.deepcopy(gold)
@@ -214,7 +226,7 @@ def test_generated_texts_are_parsed_not_evaluated(quick):
     texts = ['```json\n{"hotel": {"area": "North"}}\n```', "state: {bad json} then {\"taxi-leaveAt\": \"10:00\"}",
              "__import__('os')"]
     resp = mw.responses_from_texts(ex, texts)
-    assert resp[ex[0]["id"]]["state"] == {"hotel": {"area": "north"}}
+    assert resp[ex[0]["id"]]["state"] == {"hotel": {"area": "North"}}
     assert resp[ex[1]["id"]]["state"] == {"taxi": {"leaveat": "10:00"}}
     assert resp[ex[2]["id"]]["parse_error"] and resp[ex[2]["id"]]["state"] == {}
     rep = mw.evaluate(ex, resp)
