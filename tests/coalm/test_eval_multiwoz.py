@@ -243,3 +243,85 @@ def test_bad_inputs_raise(tmp_path):
         multiwoz_file = "nope.json"
     with pytest.raises(EvalError, match="nope.json"):
         mw.load_examples(ROOT, A())
+
+
+# ---------------------------------------------------------------- cross-tests against the libraries mwzeval runs
+
+
+def test_partial_ratio_equals_fuzzywuzzy_with_python_levenshtein(quick):
+    fuzz = pytest.importorskip("fuzzywuzzy.fuzz")
+    from fuzzywuzzy.StringMatcher import StringMatcher
+
+    assert fuzz.SequenceMatcher is StringMatcher  # the python-Levenshtein path mwzeval runs in practice
+    rng = random.Random(7)
+    pairs = [("".join(rng.choice("abc d'") for _ in range(rng.randrange(12))),
+              "".join(rng.choice("abc d'") for _ in range(rng.randrange(24)))) for _ in range(3000)]
+    db = json.loads((ROOT / "multiwoz" / "mwzeval_database" / "restaurant_db.json").read_text())
+    names = [r["name"] for r in db]
+    values = sorted({v for e in quick for v in mw._flat(e["gold_state"]).values()})
+    pairs += [(rng.choice(values), rng.choice(names)) for _ in range(1000)]
+    pairs += [(v[: rng.randrange(1, len(v) + 1)], v) for v in rng.sample(values, 200)] + [("", ""), ("", "a")]
+    for a, b in pairs:
+        assert mw.partial_ratio(a, b) == fuzz.partial_ratio(a, b), (a, b)
+
+
+def test_bleu_is_sacrebleu_on_mwzeval_normalised_responses(quick):
+    sacrebleu = pytest.importorskip("sacrebleu")
+    rng = random.Random(3)
+    resp = _gold(quick)
+    for r in resp.values():
+        words = r["response"].split()
+        rng.shuffle(words)
+        r["response"] = " ".join(words[: max(1, len(words) - 2)])
+    got = mw.evaluate(quick, resp)["summary"]["bleu_vs_delex_2.1_refs"]
+    hyps = [mw.normalize_response(resp[e["id"]]["response"]) for e in quick]
+    refs = [mw.normalize_response(e["gold_response_delex"]) for e in quick]
+    assert got == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, rel=1e-12) and 0 < got < 100
+
+
+def test_strict_jga_is_exact_as_trade(quick):
+    e = next(x for x in quick if any(v.isalpha() for v in mw._flat(x["gold_state"]).values()))
+    gold = e["gold_state"]
+    dom, slot = next(k for k, v in mw._flat(gold).items() if v.isalpha())
+    for variant in (gold[dom][slot].upper(), " " + gold[dom][slot], gold[dom][slot] + "."):
+        pred = copy.deepcopy(gold)
+        pred[dom][slot] = variant
+        rep = mw.evaluate([e], {e["id"]: {"state": pred}})
+        assert rep["summary"]["jga_strict"] == 0.0 and rep["items"][0]["error_type"] == f"wrong_value:{dom}-{slot}"
+    assert mw.evaluate([e], {e["id"]: {"state": copy.deepcopy(gold)}})["summary"]["jga_strict"] == 1.0
+
+
+@pytest.mark.parametrize("slot,value,want", [
+    ("leave", "5pm", "17:00"), ("leave", "after 10:30 am", "10:30"), ("arrive", "by 5", "05:00"),
+    ("arrive", "1530", "15:30"), ("leave", "9:45", "09:45"), ("leave", "noon", "12:00"), ("leave", "", "00:00"),
+    ("arrive", "12 pm", "24:00"), ("leave", "x:15 pm", "x:15"), ("leave", "²pm", "²"),
+    ("name", " Nando's ", "nandos"), ("name", "Cafe Uno", "caffe uno"), ("destination", "a & b", "a and b"),
+    ("food", "English", "british"), ("type", "guest house", "guesthouse"), ("type", "Guest House", "Guest House"),
+    ("parking", "free", "yes"), ("area", "West", "West"),
+])
+def test_mwzeval_value_normalisation(slot, value, want):
+    from coalm.eval.multiwoz_norm import mwz_slot, mwz_value
+
+    assert mwz_value(mwz_slot(slot), value) == want
+
+
+def test_inform_uses_the_name_and_time_fixes(db):
+    assert db.query("restaurant", {"name": "nando's"}) == db.query("restaurant", {"name": "nandos"}) != []
+    late = db.query("train", {"day": "monday", "departure": "cambridge", "destination": "london kings cross",
+                              "leaveat": "5pm"})
+    assert late == db.query("train", {"day": "monday", "departure": "cambridge",
+                                      "destination": "london kings cross", "leaveat": "17:00"}) != []
+
+
+def test_malformed_mwzeval_files_name_the_dialogue(tmp_path, quick):
+    did = quick[0]["dialogue_id"]
+    for turn, message in [({"response": 5}, "'response' must be a string"),
+                          ({"response": "x", "active_domains": "hotel"}, "'active_domains' must be a list"),
+                          ({"state": [1]}, "'state' must be an object"), (7, "a turn must be an object")]:
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps({did: [{"response": "ok"}, turn]}))
+        with pytest.raises(EvalError, match=f"dialogue '{did}', turn 1: {message}"):
+            mw.read_responses(path)
+    path.write_text("[" * 100_000)
+    with pytest.raises(EvalError, match="r.json"):
+        mw.read_responses(path)
