@@ -7,6 +7,7 @@ mid-write leaves the previous checkpoint intact (an unrenamed .tmp is ignored an
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .dist import is_rank0, print0, rank, world_size
+from .dist import is_rank0, print0, world_size
+from .mesh import current_mesh
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -43,13 +45,17 @@ def save_checkpoint(out: Path, step: int, model, opt, sched, keep_last: int):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    r = rank()
-    save_file(trainable_state(model), str(tmp / f"trainable-rank{r}.safetensors"))
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng},
-               tmp / f"state-rank{r}.pt")
+    mesh = current_mesh()  # DP replicas hold the same state: the first one writes, one file per TP rank
+    r = mesh.tp_rank
+    if mesh.dp_rank == 0:
+        save_file(trainable_state(model), str(tmp / f"trainable-rank{r}.safetensors"))
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng},
+                   tmp / f"state-rank{r}.pt")
+    if is_rank0():  # what a resume must match (tp) and may change (dp: the data order depends on the step only)
+        (tmp / "mesh.json").write_text(json.dumps({"step": step, "tp": mesh.tp, "dp": mesh.dp}))
     _barrier()
     if is_rank0():
         shutil.rmtree(final, ignore_errors=True)
@@ -63,7 +69,12 @@ def save_checkpoint(out: Path, step: int, model, opt, sched, keep_last: int):
 def load_checkpoint(path: Path, model, opt, sched) -> int:
     from safetensors.torch import load_file
 
-    r = rank()
+    mesh = current_mesh()
+    saved_tp = len(list(path.glob("trainable-rank*.safetensors")))
+    if saved_tp != mesh.tp:
+        raise ValueError(f"{path} was written with --tp {saved_tp} but this run has --tp {mesh.tp}: resume with "
+                         f"--tp {saved_tp} (the number of data-parallel replicas may change)")
+    r = mesh.tp_rank
     saved = load_file(str(path / f"trainable-rank{r}.safetensors"))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(saved) != set(params):
@@ -88,7 +99,8 @@ def save_final(model, cfg, out: Path):
         from .parallel import save_adapter_parallel
 
         tmp = out / "adapter.tmp"
-        save_adapter_parallel(model, tmp, base_model=cfg.checkpoint or cfg.model)  # a collective: every rank
+        save_adapter_parallel(model, tmp, base_model=cfg.checkpoint or cfg.model,  # a collective: every rank
+                              write=current_mesh().dp_rank == 0)
         if is_rank0():
             shutil.rmtree(out / "adapter", ignore_errors=True)
             os.replace(tmp, out / "adapter")

@@ -107,8 +107,7 @@ def init_mesh(tp: int = 1, timeout_s: float | None = None) -> Mesh:
         return _MESH
     dp = check_mesh(tp)
     if dp * tp == 1 and not dist.is_initialized():
-        _MESH = Mesh()
-        return _MESH
+        return Mesh()  # not cached: a plain process has no grid to keep consistent
     from torch.distributed.device_mesh import init_device_mesh
 
     init_distributed(timeout_s)

@@ -29,8 +29,10 @@ from pathlib import Path
 import torch
 
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
+from .data_parallel import all_reduce_sum, clip_grad_norm, dp_rows, rank_device, reduce_gradients
 from .dist import is_rank0, print0
 from .loader import parse_dtype
+from .mesh import init_mesh
 from .metrics import peak_memory_mb, plot_loss, truncate_metrics
 from .train_config import TrainConfig
 from .train_config import parse_config as _parse_config
@@ -63,9 +65,7 @@ def load_model(cfg: TrainConfig, device, dtype):
     # never holds the full bf16 model (70B QLoRA then fits one 80 GB GPU).
     stream = cfg.mode == "qlora" and cfg.tp == 1 and device.type == "cuda"
     if cfg.tp > 1:
-        from .parallel import load_parallel
-
-        model, tok = load_parallel(source, cfg.tp, random_init=cfg.random_init, dtype=dtype)
+        model, tok = load(source, tp=cfg.tp, random_init=cfg.random_init, dtype=dtype, device=device, seed=cfg.seed)
     else:
         model, tok = load(source, dtype=dtype or (torch.bfloat16 if stream else None),
                           device="cpu" if stream else device, random_init=cfg.random_init, seed=cfg.seed)
@@ -99,8 +99,10 @@ def lr_lambda(total_steps: int, warmup_ratio: float):
 # -------------------------------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig) -> dict:
     from coalm import data as cdata
+    from coalm.data.pack import make_batch
 
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    mesh = init_mesh(cfg.tp)  # (dp, tp) from the world size; a world that --tp does not divide fails here, unloaded
+    device = rank_device(cfg.device, mesh)
     dtype = None if cfg.dtype is None else parse_dtype(cfg.dtype)
     if device.type == "cuda" and dtype == torch.float32:
         raise ValueError("--dtype fp32 is not supported on a GPU: the Triton attention kernels take bf16 or fp16")
@@ -124,7 +126,8 @@ def train(cfg: TrainConfig) -> dict:
     print0(f"data: {batches.summary}")
     total = batches.total_steps(cfg.epochs, cfg.steps)
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     n_train = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
                             fused=device.type == "cuda")
@@ -152,8 +155,10 @@ def train(cfg: TrainConfig) -> dict:
     last = {}
     for step in bar:
         t0 = time.perf_counter()
-        micro = batches.step(step)
-        total_targets = max(1, sum(mb["n_targets"] for mb in micro))
+        # this DP rank's slice of the step's rows; the loss weights use the whole step's target count
+        micro = [make_batch(batches.rendered, idx) for idx in dp_rows(batches.step_rows(step), mesh,
+                                                                      cfg.micro_batch_size)]
+        total_targets = max(1, int(all_reduce_sum([sum(mb["n_targets"] for mb in micro)], mesh, device)[0]))
         loss_sum, tokens = 0.0, 0
         for mb in micro:
             count = mb["n_targets"]
@@ -169,11 +174,13 @@ def train(cfg: TrainConfig) -> dict:
                     f"{cfg.max_seq_len}: add --activation-checkpointing or lower --micro-batch-size/--max-seq-len"
                 ) from e
             loss_sum += loss.item() * count / total_targets
+        loss_sum, tokens = all_reduce_sum([loss_sum, tokens], mesh, device)
         if not math.isfinite(loss_sum):
             ckpts = list_checkpoints(out)
             where = f"the last good checkpoint is {ckpts[-1]}" if ckpts else "no checkpoint had been written yet"
             raise TrainError(f"loss became {loss_sum} at step {step + 1}; stopping ({where}). Try a lower --lr.")
-        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        reduce_gradients(params, mesh)  # DP: sum of the replicas' partial token means = the step's token mean
+        gnorm = clip_grad_norm(named, cfg.grad_clip, mesh)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)

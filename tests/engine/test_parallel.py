@@ -27,7 +27,6 @@ from engine.model import build_model
 from engine.parallel import check_tp
 from engine.weights import save_hf
 from kernels.nf4 import quantize_nf4
-
 from tests.engine.dist_launch import run_torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
