@@ -1,0 +1,118 @@
+"""An OpenAI-compatible chat server with tool calls and continuous batching (FastAPI + uvicorn).
+
+    python -m engine.serve --model smollm2-135m --port 8000
+    python -m engine.serve --model /ckpt/Llama-3.1-8B-Instruct --adapter out/adapter --quantize nf4 --api-key KEY
+    torchrun --nproc_per_node 2 -m engine.serve --model /ckpt/Llama-3.3-70B-Instruct --tp 2 --port 8000
+
+Endpoints: POST /v1/chat/completions, GET /v1/models, GET /health (see docs/serving.md). The server binds to
+127.0.0.1 unless --host is given; --api-key makes /v1/ routes require `Authorization: Bearer <key>`. With --port 0
+the system picks a free port; the line `engine.serve: listening on http://HOST:PORT` says which, once the model is
+loaded and the socket accepts connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import socket
+import sys
+
+DEFAULT_BATCH = 16
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine.serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m", help="preset, HF checkpoint dir, or .gguf file")
+    p.add_argument("--adapter", help="PEFT LoRA adapter directory to apply")
+    p.add_argument("--quantize", choices=["nf4"], help="load the base weights quantized (NF4)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (launch with torchrun)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind (0: any free port)")
+    p.add_argument("--api-key", help="require this bearer token on /v1/ routes")
+    p.add_argument("--served-model-name", help="the model id clients send (default: --model)")
+    p.add_argument("--tool-format", default="auto", help="auto | llama3 | la (CoALM-IT LA JSON list)")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_BATCH, help="sequences decoded together (cache slots)")
+    p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    p.add_argument("--random-init", action="store_true", help="random weights (throughput runs)")
+    p.add_argument("--fake-model", help=argparse.SUPPRESS)  # tests: a scripted model (engine/serving/fake.py)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _load(a):
+    """(scheduler, tokenizer, max_model_len) on every rank; only rank 0 gets a scheduler under --tp."""
+    import engine
+
+    from .serving.runner import Runner
+    from .serving.scheduler import Scheduler
+
+    kwargs = {"adapter": a.adapter, "random_init": a.random_init}
+    if a.tp > 1:
+        kwargs["tp"] = a.tp  # under torchrun: this rank's shard (engine.load's per-tensor hook)
+    if a.quantize:  # engine.load's quantize option belongs to the NF4 loader; pass it only when asked
+        if "quantize" not in inspect.signature(engine.load).parameters:
+            raise ValueError("--quantize needs engine.load(quantize=...), which this version does not have")
+        kwargs["quantize"] = a.quantize
+    model, tok = engine.load(a.model, **kwargs)
+    max_len = min(a.max_model_len or model.args.max_seq_len, model.args.max_seq_len)
+    runner = Runner(model, a.max_batch, max_len)
+    if a.tp > 1:
+        from .serving.tp import follow_or_lead
+
+        runner = follow_or_lead(runner)
+        if runner is None:  # a follower rank: it replayed rank 0's steps until the server stopped
+            return None, tok, max_len
+    return Scheduler(runner, tok, a.max_batch), tok, max_len
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind and listen before announcing the port, so a client that reads it never races the server."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    return sock
+
+
+def main(argv=None) -> int:
+    a = _parser().parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if a.max_batch < 1 or a.tp < 1:
+            raise ValueError(f"--max-batch and --tp must be >= 1, got {a.max_batch} and {a.tp}")
+        from .serving.templating import choose_format
+
+        if a.fake_model:
+            from .serving.fake import FakeScheduler
+            from .tokenizer import load_tokenizer
+
+            scheduler, tok, max_len = FakeScheduler(a.fake_model), load_tokenizer(a.model), a.max_model_len or 8192
+        else:
+            scheduler, tok, max_len = _load(a)
+            if scheduler is None:
+                return 0
+        fmt = choose_format(a.tool_format, tok, a.adapter)
+        sock = _bind(a.host, a.port)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from .serving.app import ServerState, create_app
+
+    state = ServerState(scheduler.start(), tok, a.served_model_name or a.model, fmt, max_len, a.api_key)
+    server = uvicorn.Server(uvicorn.Config(create_app(state), log_level=a.log_level, timeout_graceful_shutdown=5))
+    host, port = sock.getsockname()[:2]
+    print(f"engine.serve: listening on http://{host}:{port} (model {state.model_name}, tool format {fmt})",
+          flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        scheduler.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The FastAPI app: POST /v1/chat/completions (plain and streamed), GET /v1/models, GET /health.
+
+Requests are validated before anything reaches the model: malformed JSON, wrong types, an empty message list, a tool
+schema that is not an object, or a prompt (+ max_tokens) over the context length are answered 400 with OpenAI's
+error body, and the server carries on. A client that disconnects, mid-stream or while waiting for a whole answer,
+has its sequence cancelled, which frees its cache slot at the scheduler's next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from .output import Assembler, message
+from .protocol import APIError, ChatRequest, NamedToolChoice, chunk_body, completion_body, new_id, usage
+from .scheduler import Params, Sequence
+from .templating import render
+from .tool_parsers import get_parser
+
+log = logging.getLogger("engine.serve")
+
+
+@dataclass
+class ServerState:
+    scheduler: object  # Scheduler or FakeScheduler: submit / cancel / stats
+    tokenizer: object
+    model_name: str
+    tool_format: str
+    max_model_len: int
+    api_key: str | None = None
+
+
+def _error(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+def _validation_message(e: ValidationError) -> tuple[str, str | None]:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err.get("loc", ()) if not str(x).startswith("function-after"))
+    return (f"{loc}: {err.get('msg')}" if loc else err.get("msg", "invalid request")), (loc or None)
+
+
+def create_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="coalm-engine", docs_url=None, redoc_url=None)
+    app.state.serve = state
+
+    def auth(request: Request):  # a check per route, not a BaseHTTPMiddleware (which hides client disconnects)
+        if state.api_key:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {state.api_key}".encode()):
+                raise APIError("invalid or missing API key (send Authorization: Bearer <key>)", 401,
+                               "authentication_error", code="invalid_api_key")
+
+    @app.exception_handler(APIError)
+    async def api_error(_, e: APIError):
+        return _error(e)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", **state.scheduler.stats()}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        auth(request)
+        return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": 0,
+                                            "owned_by": "coalm-engine", "max_model_len": state.max_model_len}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        auth(request)
+        req = _parse(await request.body())
+        if req.model and req.model != state.model_name:
+            raise APIError(f"the model {req.model!r} does not exist; this server serves {state.model_name!r}", 404,
+                           param="model", code="model_not_found")
+        text, prefix = render(req, state.tokenizer, state.tool_format)
+        ids = state.tokenizer.encode(text)
+        limit = req.limit()
+        room = state.max_model_len - len(ids)
+        if room < 1 or (limit is not None and limit > room):
+            raise APIError(f"the prompt is {len(ids)} tokens and max_tokens is {limit}, which exceeds the context "
+                           f"length of {state.max_model_len} tokens", param="messages", code="context_length_exceeded")
+        params = Params(limit or room, req.temperature, req.top_p, list(req.stop or []), req.seed)
+        tools_on = bool(req.tools) and req.tool_choice != "none"
+        asm = Assembler(get_parser(state.tool_format), {t.function.name for t in req.tools}, prefix) if tools_on \
+            else Assembler()
+        events: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        seq = Sequence(ids, params, lambda d, f: loop.call_soon_threadsafe(events.put_nowait, (d, f)), text)
+        state.scheduler.submit(seq)
+        rid = new_id("chatcmpl")
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_stream(state, seq, events, asm, rid, req, include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return await _complete(state, request, seq, events, asm, rid, req)
+
+    return app
+
+
+def _parse(body: bytes) -> ChatRequest:
+    try:
+        obj = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise APIError(f"the request body is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise APIError("the request body must be a JSON object")
+    if obj.get("tool_choice") == "required":
+        raise APIError("tool_choice 'required' is not supported; use 'auto' or a named function", param="tool_choice")
+    try:
+        return ChatRequest.model_validate(obj)
+    except ValidationError as e:
+        msg, param = _validation_message(e)
+        raise APIError(msg, param=param) from None
+
+
+async def _events(state, seq, events):
+    """(delta, finish) pairs until the sequence finishes; cancels it if the consumer goes away."""
+    try:
+        while True:
+            delta, finish = await events.get()
+            yield delta, finish
+            if finish:
+                return
+    finally:
+        if seq.finish is None:
+            state.scheduler.cancel(seq)
+            log.info("request cancelled by the client; slot freed")
+
+
+def _reason(asm, req: ChatRequest, finish: str) -> str:
+    # OpenAI's convention: "tool_calls" when the model chose to call, "stop" when tool_choice named the function
+    if asm.tool_calls:
+        return "stop" if isinstance(req.tool_choice, NamedToolChoice) else "tool_calls"
+    return finish
+
+
+async def _complete(state, request: Request, seq, events, asm, rid, req) -> JSONResponse:
+    async def collect():
+        content, finish = "", None
+        async for delta, finish in _events(state, seq, events):
+            if finish == "error":
+                raise APIError(f"generation failed: {delta}", 500, "server_error")
+            content += asm.feed(delta)
+        return content + asm.finish(), finish
+
+    async def disconnected():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work, watch = asyncio.ensure_future(collect()), asyncio.ensure_future(disconnected())
+    await asyncio.wait([work, watch], return_when=asyncio.FIRST_COMPLETED)
+    if not work.done():  # the client left: cancelling `work` closes _events, which cancels the sequence
+        work.cancel()
+        return JSONResponse({}, status_code=499)
+    watch.cancel()
+    content, finish = work.result()
+    body = completion_body(rid, state.model_name, message(content, asm.tool_calls), _reason(asm, req, finish),
+                           len(seq.prompt_ids), len(seq.ids))
+    return JSONResponse(body)
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _stream(state, seq, events, asm, rid, req: ChatRequest, include_usage: bool):
+    created, model = int(time.time()), state.model_name
+    yield _sse(chunk_body(rid, model, created, {"role": "assistant", "content": ""}))
+    finish = None
+    async for delta, finish in _events(state, seq, events):
+        if finish == "error":
+            yield _sse(APIError(f"generation failed: {delta}", 500, "server_error").body())
+            yield "data: [DONE]\n\n"
+            return
+        out = asm.feed(delta)
+        if out:
+            yield _sse(chunk_body(rid, model, created, {"content": out}))
+    rest = asm.finish()
+    if rest:
+        yield _sse(chunk_body(rid, model, created, {"content": rest}))
+    if asm.tool_calls:
+        calls = [dict(c, index=i) for i, c in enumerate(asm.tool_calls)]
+        yield _sse(chunk_body(rid, model, created, {"tool_calls": calls}))
+    yield _sse(chunk_body(rid, model, created, {}, _reason(asm, req, finish)))
+    if include_usage:
+        yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
+                    "usage": usage(len(seq.prompt_ids), len(seq.ids))})
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,154 @@
+"""engine.serve with the embedded SmolLM2 through the real `openai` client: answers equal `engine.generate` on the
+same conversation, streamed chunks equal the whole answer, 8 concurrent clients each get what they get alone
+(and share decoding steps), bad input is a 400 with OpenAI's error body, the API key is enforced, and a client
+that disconnects mid-stream frees its slot.
+
+One server per module (started once, with an API key and a 512-token context so an over-long prompt is cheap).
+"""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+import engine
+from engine.serving import launch
+
+KEY = "test-key-123"
+MODEL = "smollm2-135m"
+CTX = 512
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    args = ["--model", MODEL, "--api-key", KEY, "--max-model-len", str(CTX), "--max-batch", "8"]
+    with launch.server(args, log_dir=str(tmp_path_factory.mktemp("serve"))) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(srv):
+    return openai.OpenAI(base_url=srv.base_url, api_key=KEY, max_retries=0)
+
+
+def _msgs(q):
+    return [{"role": "user", "content": q}]
+
+
+def _health(srv) -> dict:
+    return httpx.get(srv.url + "/health").json()
+
+
+def test_plain_chat_equals_engine_generate(client, smol):
+    model, tok = smol
+    q = _msgs("What is the capital of France?")
+    r = client.chat.completions.create(model=MODEL, messages=q, max_tokens=12, temperature=0)
+    assert r.choices[0].message.content == engine.generate(model, tok, q, max_new_tokens=12)
+    assert r.choices[0].message.role == "assistant" and r.object == "chat.completion"
+    assert r.usage.prompt_tokens == len(tok.encode(tok.apply_chat_template(q, add_generation_prompt=True)))
+    assert 1 <= r.usage.completion_tokens <= 12
+
+
+def test_stream_equals_whole_answer(client):
+    q = _msgs("Name three colors of the rainbow.")
+    whole = client.chat.completions.create(model=MODEL, messages=q, max_tokens=10, temperature=0)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=q, max_tokens=10, temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 1 and "".join(pieces) == whole.choices[0].message.content
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == [whole.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_stream_ends_with_done(srv):
+    body = {"model": MODEL, "messages": _msgs("Hi"), "max_tokens": 3, "temperature": 0, "stream": True}
+    with httpx.stream("POST", srv.base_url + "/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
+
+
+def test_concurrent_clients_get_what_they_get_alone(srv, client, smol):
+    model, tok = smol
+    jobs = [("Write a haiku about the sea.", 9, None), ("What is 2+2?", 4, None), ("Who wrote Hamlet?", 7, None),
+            ("Describe a cat.", 10, ["."]), ("What is Python?", 5, None), ("Name a planet.", 8, None),
+            ("Say hello in French.", 6, None), ("Count to five.", 10, [","])]
+    alone = [engine.generate(model, tok, _msgs(q), max_new_tokens=n, stop=stop) for q, n, stop in jobs]
+    before = _health(srv)["decode_steps"]
+
+    def ask(job):
+        q, n, stop = job
+        return client.chat.completions.create(model=MODEL, messages=_msgs(q), max_tokens=n, temperature=0, stop=stop)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(ask, jobs))
+    assert [r.choices[0].message.content for r in results] == alone
+    # served one at a time, each answer of n tokens needs n - 1 decode steps (the first token comes from prefill)
+    sequential_steps = sum(r.usage.completion_tokens - 1 for r in results)
+    assert _health(srv)["decode_steps"] - before < sequential_steps
+
+
+@pytest.mark.parametrize("body,param", [
+    (b"{not json", None),
+    (b"[1, 2]", None),
+    ({"model": MODEL, "messages": []}, "messages"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature"),
+    ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools.0.function.parameters"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": "f"}, "tools"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": CTX}, "messages"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "lorem ipsum " * CTX}]}, "messages"),
+])
+def test_bad_input_is_a_400_and_the_server_stays_up(srv, body, param):
+    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(srv.base_url + "/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60, **kw)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    assert err["param"] == param and err["message"]
+    assert _health(srv)["status"] == "ok"
+
+
+def test_over_context_code_and_openai_error(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=_msgs("lorem ipsum " * CTX), max_tokens=4)
+    assert e.value.code == "context_length_exceeded"
+
+
+def test_api_key_and_models(srv):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        r = httpx.get(srv.base_url + "/models", headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=srv.base_url, api_key="wrong", max_retries=0).chat.completions.create(
+            model=MODEL, messages=_msgs("hi"), max_tokens=2)
+    models = openai.OpenAI(base_url=srv.base_url, api_key=KEY).models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(base_url=srv.base_url, api_key=KEY, max_retries=0).chat.completions.create(
+            model="gpt-4", messages=_msgs("hi"), max_tokens=2)
+
+
+def test_disconnect_mid_stream_frees_the_slot(srv, client):
+    stream = client.chat.completions.create(model=MODEL, messages=_msgs("Tell me a very long story about a dragon."),
+                                            max_tokens=400, temperature=0, stream=True)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    start = _health(srv)["decode_steps"]
+    stream.close()
+    deadline = time.monotonic() + 120
+    while _health(srv)["running"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    h = _health(srv)
+    assert h["running"] == 0 and h["waiting"] == 0
+    assert h["decode_steps"] - start < 100  # cancelled, not run to its 400 tokens
+    assert "request cancelled by the client" in srv.log()
