@@ -1,5 +1,9 @@
-"""Training checkpoints (`out/checkpoints/step-N/`: trainable tensors, optimizer, scheduler, RNG per rank) and the
-final outputs of a run (`out/adapter/` in PEFT format, or `out/model/` for a full fine-tune).
+"""Training checkpoints (`out/checkpoints/step-N/`: trainable tensors, optimizer, scheduler, RNG per rank, and for
+LoRA/QLoRA an `adapter/` folder in PEFT format) and the final outputs of a run (`out/adapter/`, or for a full
+fine-tune `out/model/`, a self-contained HF folder with tokenizer and generation config).
+
+Adapters name their base model so that other tools find it: a Hub id, or an absolute path (`engine.hub.portable_name`).
+`--adapter runs/x/checkpoints/step-200/adapter` works in generate, eval, merge and PEFT.
 
 Writes are atomic per checkpoint: every rank writes into step-N.tmp, rank 0 renames it to step-N, so a run killed
 mid-write leaves the previous checkpoint intact (an unrenamed .tmp is ignored and overwritten).
@@ -36,7 +40,31 @@ def _barrier():
         torch.distributed.barrier()
 
 
-def save_checkpoint(out: Path, step: int, model, opt, sched, keep_last: int):
+def _save_adapter(model, cfg, directory: Path):
+    """The PEFT adapter of a LoRA/QLoRA run (under TP a collective: every rank calls it)."""
+    from .hub import portable_name
+
+    base = portable_name(cfg.model)
+    if cfg.tp > 1:
+        from .parallel import save_adapter_parallel
+
+        save_adapter_parallel(model, directory, base_model=base, write=current_mesh().dp_rank == 0)
+    elif is_rank0():
+        from .lora import save_adapter
+
+        save_adapter(model, directory, base_model=base)
+
+
+def _best_checkpoint(out: Path) -> str | None:
+    import json
+
+    try:
+        return Path(json.loads((out / "best.json").read_text())["checkpoint"]).name
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def save_checkpoint(out: Path, step: int, model, opt, sched, cfg):
     from safetensors.torch import save_file
 
     final = out / "checkpoints" / f"step-{step}"
@@ -56,12 +84,16 @@ def save_checkpoint(out: Path, step: int, model, opt, sched, keep_last: int):
                    tmp / f"state-rank{r}.pt")
     if is_rank0():  # what a resume must match (tp) and may change (dp: the data order depends on the step only)
         (tmp / "mesh.json").write_text(json.dumps({"step": step, "tp": mesh.tp, "dp": mesh.dp}))
+    if cfg.mode != "full":
+        _save_adapter(model, cfg, tmp / "adapter")
     _barrier()
     if is_rank0():
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in list_checkpoints(out)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        best = _best_checkpoint(out)
+        for old in list_checkpoints(out)[:-cfg.keep_last]:
+            if old.name != best:  # the checkpoint with the lowest validation loss outlives the rotation
+                shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
 
@@ -93,31 +125,23 @@ def load_checkpoint(path: Path, model, opt, sched) -> int:
     return int(state["step"])
 
 
-def save_final(model, cfg, out: Path):
-    """The run's result: out/adapter (PEFT) for LoRA/QLoRA, out/model (HF safetensors) for a full fine-tune."""
-    if cfg.tp > 1:
-        from .parallel import save_adapter_parallel
-
-        tmp = out / "adapter.tmp"
-        save_adapter_parallel(model, tmp, base_model=cfg.checkpoint or cfg.model,  # a collective: every rank
-                              write=current_mesh().dp_rank == 0)
-        if is_rank0():
-            shutil.rmtree(out / "adapter", ignore_errors=True)
-            os.replace(tmp, out / "adapter")
-        return
-    if not is_rank0():
-        return
+def save_final(model, tok, cfg, out: Path):
+    """The run's result: out/adapter (PEFT) for LoRA/QLoRA, out/model (a self-contained HF folder) for --full."""
     if cfg.mode == "full":
-        from .weights import save_hf
+        if is_rank0():
+            from .export import export_hf
+            from .hub import resolve_source
 
-        save_hf(model, out / "model", dtype=next(model.parameters()).dtype)
-        print0(f"model saved to {out / 'model'}")
-    else:
-        from .lora import save_adapter
-
-        tmp = out / "adapter.tmp"
+            export_hf(model, tok, out / "model", dtype=next(model.parameters()).dtype, source=resolve_source(cfg.model),
+                      overwrite=True)
+            print0(f"model saved to {out / 'model'}")
+        return
+    tmp = out / "adapter.tmp"
+    if is_rank0():
         shutil.rmtree(tmp, ignore_errors=True)
-        save_adapter(model, tmp, base_model=cfg.checkpoint or cfg.model)
+    _barrier()
+    _save_adapter(model, cfg, tmp)
+    if is_rank0():
         shutil.rmtree(out / "adapter", ignore_errors=True)
         os.replace(tmp, out / "adapter")
         print0(f"adapter saved to {out / 'adapter'}")

@@ -1,7 +1,7 @@
 """Fine-tune a Llama 3.x model with LoRA, QLoRA or full training on CoALM-IT rows.
 
     python -m engine.train                               # QLoRA on smollm2-135m with the embedded sample (CPU: minutes)
-    python -m engine.train --size 8b --qlora --checkpoint /path/to/Llama-3.1-8B-Instruct --data coalm_it.parquet
+    python -m engine.train --qlora --model meta-llama/Llama-3.1-8B-Instruct --data coalm_it.parquet  # Hub id or dir
     python -m engine.train --config run.yaml --steps 200  # flags override the file
     python -m engine.train --out runs/x --resume         # continue from the last complete checkpoint
 
@@ -18,7 +18,6 @@ Outputs in --out: adapter/ (PEFT format), metrics.jsonl, loss.png, config.yaml, 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -33,7 +32,15 @@ from .data_parallel import all_reduce_sum, clip_grad_norm, dp_rows, rank_device,
 from .dist import is_rank0, print0
 from .loader import parse_dtype
 from .mesh import init_mesh
-from .metrics import peak_memory_mb, plot_loss, truncate_metrics
+from .metrics import (
+    MetricsLogger,
+    check_loggers,
+    peak_memory_mb,
+    plot_loss,
+    truncate_metrics,
+    update_best,
+    validation_loss,
+)
 from .train_config import TrainConfig
 from .train_config import parse_config as _parse_config
 
@@ -51,16 +58,19 @@ def parse_config(argv=None) -> TrainConfig:
 # ---------------------------------------------------------------------------------------------------- the model
 def load_model(cfg: TrainConfig, device, dtype):
     from .config import resolve_name
+    from .hub import check_preset, resolve_source
     from .loader import load
     from .lora import apply_lora
 
-    source = cfg.checkpoint or cfg.model
-    if not cfg.checkpoint and not cfg.random_init and not Path(cfg.model).exists():
-        name = resolve_name(cfg.model)
+    source = resolve_source(cfg.model)  # a Hub id -> its HF-cache snapshot (a missing one fails here, in one line)
+    if cfg.size:
+        check_preset(source, cfg.size)
+    if not cfg.random_init and not Path(source).exists():
+        name = resolve_name(source)
         if name != "smollm2-135m":
-            raise ValueError(f"{name} needs weights: pass --checkpoint DIR (an HF checkpoint with config.json and "
-                             f"safetensors, e.g. meta-llama/Llama-3.1-8B-Instruct downloaded with huggingface-cli) "
-                             f"or --random-init for a throughput run without weights")
+            raise ValueError(f"{name} needs weights: pass --model DIR (an HF checkpoint with config.json and "
+                             f"safetensors) or a Hub id such as meta-llama/Llama-3.1-8B-Instruct (read from the HF "
+                             f"cache), or --random-init for a throughput run without weights")
     # QLoRA on a GPU: load into host memory and quantize block by block on the way to the device, so the device
     # never holds the full bf16 model (70B QLoRA then fits one 80 GB GPU).
     stream = cfg.mode == "qlora" and cfg.tp == 1 and device.type == "cuda"
@@ -100,6 +110,7 @@ def lr_lambda(total_steps: int, warmup_ratio: float):
 def train(cfg: TrainConfig) -> dict:
     from coalm import data as cdata
     from coalm.data.pack import make_batch
+    from coalm.paths import cache_dir
 
     mesh = init_mesh(cfg.tp)  # (dp, tp) from the world size; a world that --tp does not divide fails here, unloaded
     device = rank_device(cfg.device, mesh)
@@ -112,19 +123,20 @@ def train(cfg: TrainConfig) -> dict:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    rows = []  # rows first: a bad data file fails before minutes of model loading
-    for spec in cfg.data:
-        report: dict = {}
-        rows += cdata.load(spec, skip_invalid=cfg.skip_invalid, report=report)
-        if report.get("skipped"):
-            print0(f"{spec}: skipped {report['skipped']} invalid rows: {report.get('reasons', {})}")
-    if not rows:
-        raise ValueError(f"no valid training rows in {', '.join(cfg.data)}")
+    # rows first: a bad data file (or a missing logger package) fails before minutes of model loading
+    rows, val_rows = cdata.load_train_val(cfg.data, cfg.val_data, cfg.val_frac, cfg.seed, cfg.skip_invalid, print0)
+    check_loggers(cfg.log)
     model, tok = load_model(cfg, device, dtype)
+    cache = None if cfg.no_render_cache else cache_dir()
     batches = cdata.StepBatches.from_rows(rows, tok, cfg.max_seq_len, cfg.global_batch_size, cfg.micro_batch_size,
-                                          seed=cfg.seed)
+                                          seed=cfg.seed, cache_dir=cache)
     print0(f"data: {batches.summary}")
+    val = val_rows and cdata.StepBatches.from_rows(val_rows, tok, cfg.max_seq_len, cfg.micro_batch_size,
+                                                   cfg.micro_batch_size, cache_dir=cache)
+    if val:
+        print0(f"validation: {val.summary}")
     total = batches.total_steps(cfg.epochs, cfg.steps)
+    eval_every = cfg.eval_every or cfg.save_every
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
@@ -147,6 +159,7 @@ def train(cfg: TrainConfig) -> dict:
         (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     metrics_path = out / "metrics.jsonl"
     truncate_metrics(metrics_path, start)
+    logger = MetricsLogger(out, cfg.log, asdict(cfg), resume=start > 0) if is_rank0() else None
     print0(f"training {n_train / 1e6:.2f}M parameters ({cfg.mode}) for {total} steps on {device}")
 
     from tqdm import tqdm
@@ -188,15 +201,21 @@ def train(cfg: TrainConfig) -> dict:
         last = {"step": step + 1, "loss": loss_sum, "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm),
                 "tokens_per_s": tokens / dt, "peak_memory_mb": peak_memory_mb(device),
                 "epoch": (step + 1) / batches.steps_per_epoch}
-        if is_rank0():
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(last) + "\n")
+        if logger:
+            logger.log(last)
+        if val and ((step + 1) % eval_every == 0 or step + 1 == total):
+            last["val_loss"] = validation_loss(model, val.all_batches(), device)
+            if logger:
+                logger.log({"step": step + 1, "val_loss": last["val_loss"]})
+                if update_best(out, step + 1, last["val_loss"]):
+                    print0(f"\nstep {step + 1}: validation loss {last['val_loss']:.4f} (best so far)")
         bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{last['lr']:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == total:
-            save_checkpoint(out, step + 1, model, opt, sched, cfg.keep_last)
+            save_checkpoint(out, step + 1, model, opt, sched, cfg)
     bar.close()
-    save_final(model, cfg, out)
-    if is_rank0():
+    save_final(model, tok, cfg, out)
+    if logger:
+        logger.close()
         plot_loss(metrics_path, out / "loss.png")
     return last
 

@@ -5,6 +5,7 @@
     python -m coalm.data show sample --n 3
     python -m coalm.data sample --out coalm/data/sample/coalm_it_sample.jsonl [--seed 0]
     python -m coalm.data download
+    python -m coalm.data download coalm-it         # uiuc-convai/CoALM-IT through the HF cache
 
 FILE arguments accept "sample" and "sample-eval" for the embedded sample. `build` always runs the contamination
 check against the benchmark test sets under the data root and drops overlapping rows (`--no-decontaminate` skips
@@ -146,7 +147,27 @@ def cmd_sample(a) -> int:
     return 0
 
 
+COALM_IT = "uiuc-convai/CoALM-IT"  # the released training set (parquet, Alpaca columns)
+
+
+def download_coalm_it() -> Path:
+    """The CoALM-IT dataset snapshot from the HF cache, downloaded when missing (not when HF_HUB_OFFLINE is set)."""
+    from engine.hub import HubError, download
+
+    try:
+        return Path(download(COALM_IT, repo_type="dataset", allow_patterns=["*.parquet", "*.json", "*.md"]))
+    except HubError as e:
+        raise DataError(str(e)) from None
+
+
 def cmd_download(a) -> int:
+    if a.name == "coalm-it":
+        path = download_coalm_it()
+        files = sorted(str(p.relative_to(path)) for p in path.rglob("*.parquet"))
+        print(f"coalm-it: {path} ({len(files)} parquet files{': ' + ', '.join(files[:4]) if files else ''})")
+        if files:
+            print(f"train on it: python -m engine.train --data {path / files[0]}")
+        return 0
     root = data_root(a.data_root)
     dest = root / "bfcl"
     spec = find_spec("bfcl_eval")
@@ -195,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("download", help="fetch sources that have a download path; say where to get the rest")
+    d.add_argument("name", nargs="?", choices=["coalm-it"],
+                   help="coalm-it: the released CoALM-IT set from the Hugging Face Hub (uiuc-convai/CoALM-IT)")
     d.add_argument("--data-root")
     a = p.parse_args(argv)
     try:

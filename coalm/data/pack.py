@@ -92,17 +92,18 @@ class StepBatches:
 
     @classmethod
     def from_rows(cls, rows: list[dict], tok, max_seq_len: int, global_batch_size: int, micro_batch_size: int,
-                  seed: int = 0) -> StepBatches:
-        """Render (truncating prompts to max_seq_len; rows whose target cannot fit are dropped and counted)."""
-        from .render import render_rows
+                  seed: int = 0, cache_dir=None) -> StepBatches:
+        """Render (prompts truncated to max_seq_len; rows whose target cannot fit are dropped and counted), reusing
+        the on-disk cache under `cache_dir` when given (coalm.data.cache)."""
+        from .cache import render_cached
 
-        rendered, rstats = render_rows(rows, tok, max_len=max_seq_len)
+        rendered, rstats, hit = render_cached(rows, tok, max_seq_len, cache_dir)
         if not rendered:
-            raise ValueError(f"no training rows left after rendering (all {len(rows)} targets longer than "
+            raise ValueError(f"no rows left after rendering (all {len(rows)} targets longer than "
                              f"--max-seq-len {max_seq_len}?)")
         self = cls(rendered, global_batch_size, micro_batch_size, seed)
         self.summary += (f" ({rstats.truncated} truncated, {rstats.dropped} dropped: target longer than "
-                         f"--max-seq-len {max_seq_len})")
+                         f"--max-seq-len {max_seq_len}{'; rendered rows from the cache' if hit else ''})")
         return self
 
     def total_steps(self, epochs: float, steps: int | None = None) -> int:
@@ -118,6 +119,11 @@ class StepBatches:
 
     def step(self, step: int) -> list[dict]:
         return [make_batch(self.rendered, idx) for idx in self.step_rows(step)]
+
+    def all_batches(self):
+        """Every row once, in order, in micro-batches (validation)."""
+        for i in range(0, len(self.rendered), self.micro_batch_size):
+            yield make_batch(self.rendered, range(i, min(i + self.micro_batch_size, len(self.rendered))))
 
 
 def pack(rendered: list[tuple[list[int], list[int]]], max_seq_len: int, seed: int | None = 0) -> tuple[list[dict],

@@ -46,14 +46,20 @@ def _records(path: Path):
     """Yield (row number, record-or-exception) from a JSONL or parquet file."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield i, DataError(f"not valid JSON ({e.msg})")
+        i = 0
+        try:
+            with open(path, encoding="utf-8") as f:
+                for i, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        yield i, json.loads(line)
+                    except json.JSONDecodeError as e:
+                        yield i, DataError(f"not valid JSON ({e.msg})")
+                    except RecursionError:  # e.g. 100,000 '[': the parser recurses once per level
+                        yield i, DataError("JSON nested too deeply to read")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: row {i + 1}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -127,3 +133,18 @@ def save_rows(rows: list[dict], path: str | os.PathLike) -> Path:
         raise DataError(f"{path}: unknown file type {suffix!r}; use .jsonl or .parquet")
     tmp.replace(path)
     return path
+
+
+def split_rows(rows: list[dict], val_frac: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(train, validation): a seeded random `val_frac` of the rows held out. Refuses a split that leaves either
+    side empty."""
+    import random
+
+    n_val = round(len(rows) * val_frac)
+    if n_val < 1 or n_val >= len(rows):
+        raise DataError(f"--val-frac {val_frac} of {len(rows)} rows leaves {len(rows) - n_val} training and {n_val} "
+                        f"validation rows; both need at least one")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_val])
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]

@@ -1,0 +1,92 @@
+"""Self-contained exports: a folder that transformers, vLLM and llama.cpp's converter load as it is.
+
+    export_hf(model, tok, "merged/", dtype=torch.bfloat16, source="/path/to/base")   # merge and --full use this
+
+Next to the safetensors (`weights.save_hf`) it writes the tokenizer (`tokenizer.json`, `tokenizer_config.json` with
+the chat template and special tokens, `special_tokens_map.json`) and `generation_config.json` (stop tokens). Files
+the source checkpoint has are copied as they are (its own template, generation defaults); the rest is written from
+the loaded tokenizer. An export never goes into a non-empty folder unless `overwrite` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+class ExportError(ValueError):
+    pass
+
+
+def prepare_dir(out, overwrite: bool = False) -> Path:
+    """Refuse a non-empty folder (or a file) unless `overwrite`; then the folder is emptied and created."""
+    d = Path(out)
+    if d.exists() and not d.is_dir():
+        raise ExportError(f"{d} is a file, not a directory")
+    if d.is_dir() and any(d.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{d} is not empty: pass --overwrite to replace its contents, or another folder")
+        shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def export_hf(model, tok, out, dtype=torch.bfloat16, source=None, overwrite: bool = False) -> Path:
+    from .weights import save_hf
+
+    d = prepare_dir(out, overwrite)
+    save_hf(model, d, dtype=dtype)
+    write_tokenizer(tok, d, source, max_len=model.args.max_seq_len)
+    write_generation_config(tok, d, source)
+    return d
+
+
+def _source_dir(source) -> Path | None:
+    return Path(source) if source is not None and Path(str(source)).is_dir() else None
+
+
+def write_tokenizer(tok, d: Path, source=None, max_len: int | None = None):
+    src = _source_dir(source)
+    if src is not None and (src / "tokenizer.json").is_file():
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, d / name)
+        cfg_path = d / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        if "chat_template" not in cfg and not (d / "chat_template.jinja").is_file():
+            cfg["chat_template"] = tok.chat_template  # a base model without one: the engine's built-in template
+            cfg_path.write_text(json.dumps(cfg, indent=1, ensure_ascii=False))
+        return
+    backend = getattr(tok, "_backend", None)
+    if not hasattr(backend, "save"):
+        raise ExportError("this tokenizer (the Llama 3 tiktoken file) cannot be written as tokenizer.json: export "
+                          "from a checkpoint that has tokenizer.json (pass the base model's HF folder or Hub id)")
+    backend.save(str(d / "tokenizer.json"))
+    inv = {v: k for k, v in tok.special.items()}
+    pad = inv.get(tok.pad_id)
+    special = {"bos_token": tok.bos_token, "eos_token": tok.eos_token, "pad_token": pad}
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": tok.chat_template,
+        "clean_up_tokenization_spaces": False, "model_max_length": max_len or 131072,
+        "added_tokens_decoder": {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False,
+                                          "normalized": False, "single_word": False}
+                                 for t, i in sorted(tok.special.items(), key=lambda kv: kv[1])},
+        **special,
+    }
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1, ensure_ascii=False))
+    (d / "special_tokens_map.json").write_text(json.dumps({k: v for k, v in special.items() if v}, indent=1))
+
+
+def write_generation_config(tok, d: Path, source=None):
+    """The source's generation_config.json, else the stop tokens the engine itself stops on (greedy by default)."""
+    src = _source_dir(source)
+    if src is not None and (src / "generation_config.json").is_file():
+        shutil.copy2(src / "generation_config.json", d / "generation_config.json")
+        return
+    cfg = {"bos_token_id": tok.bos_id, "eos_token_id": sorted(tok.stop_ids), "pad_token_id": tok.pad_id}
+    (d / "generation_config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}, indent=1))
