@@ -115,6 +115,17 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, temperature: f
     return texts[0] if single else texts
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> str | None:
+    """The reason CLI sampling settings are invalid, or None (checked before the model loads)."""
+    if max_new_tokens < 1:
+        return f"--max-new-tokens must be >= 1, got {max_new_tokens}"
+    if not temperature >= 0:
+        return f"--temperature must be >= 0, got {temperature}"
+    if not 0 < top_p <= 1:
+        return f"--top-p must be in (0, 1], got {top_p} (1 keeps every token)"
+    return None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m engine.generate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m", help="preset, HF checkpoint dir, or .gguf file")
@@ -129,6 +140,10 @@ def main(argv=None):
     p.add_argument("--random-init", action="store_true", help="random weights (throughput tests)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun)")
     a = p.parse_args(argv)
+    bad = check_sampling(a.max_new_tokens, a.temperature, a.top_p)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     try:
         import engine
 

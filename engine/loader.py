@@ -39,6 +39,9 @@ def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None,
     on the meta device, and the per-tensor hook `engine.parallel.TPShard` reads only this rank's rows or columns.
     device: default cuda:LOCAL_RANK under torchrun, cuda on one GPU, else cpu.
     """
+    from .hub import resolve_source
+
+    source = resolve_source(source)  # a Hub id -> its snapshot folder in the HF cache (engine/hub.py)
     path = Path(str(source))
     gguf = path.suffix == ".gguf" or (not path.is_dir() and not random_init
                                       and resolve_name_or_none(str(source)) == "smollm2-135m")
