@@ -4,7 +4,12 @@
     model, tokenizer = engine.load("smollm2-135m")      # preset with embedded weights, HF dir, or .gguf path
     logits = model(tokens)                               # (B, T) LongTensor -> (B, T, vocab) float logits
     texts = engine.generate(model, tokenizer, prompts, max_new_tokens=64, temperature=0.0)
+
+Under torchrun: `engine.init_mesh(tp)` builds the (dp, tp) process grid, `engine.load(..., tp=tp)` loads this rank's
+part of the model, and `engine.map_data_parallel(fn, items, chunk)` shares work out over the DP replicas.
 """
 
+from .data_parallel import map_data_parallel  # noqa: F401
 from .generation import generate  # noqa: F401
 from .loader import load  # noqa: F401
+from .mesh import init_mesh  # noqa: F401

@@ -104,3 +104,19 @@ def rank_device(requested: str | None, mesh: Mesh) -> torch.device:
         raise MeshError(f"--device {requested} with {mesh.dp * mesh.tp} processes would put every rank on one GPU: "
                         f"leave --device unset (each rank then uses cuda:LOCAL_RANK)")
     return device
+
+
+def map_data_parallel(fn, items: list, chunk: int, mesh: Mesh | None = None) -> list:
+    """[*fn(items[i:i + chunk]) for each chunk], with the chunks dealt round-robin over the DP replicas (the TP ranks
+    of a replica run each of its chunks together) and the results all-gathered over DP, in input order, on every
+    rank. Each chunk is exactly one a single process would run, so batch-dependent numerics (padding) match too."""
+    from .mesh import current_mesh
+
+    mesh = mesh or current_mesh()
+    chunks = [items[i:i + chunk] for i in range(0, len(items), max(1, chunk))]
+    mine = {k: list(fn(c)) for k, c in enumerate(chunks) if k % mesh.dp == mesh.dp_rank}
+    if mesh.dp_group is not None:
+        parts = [None] * mesh.dp
+        dist.all_gather_object(parts, mine, group=mesh.dp_group)
+        mine = {k: v for part in parts for k, v in part.items()}
+    return [x for k in range(len(chunks)) for x in mine[k]]

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from coalm.eval import REGISTRY, get_task
-from coalm.eval.backends import make_backend
+from coalm.eval.backends import is_rank0, make_backend
 from coalm.eval.base import EvalError, data_root, write_report
 
 
@@ -41,6 +41,8 @@ def _parser(task=None) -> argparse.ArgumentParser:
                    help="official: the benchmark's own prompts; coalm: the CoALM-IT formats (models trained on them)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of --model under torchrun; the replicas "
+                   "(world size / tp) split the examples, rank 0 writes the report")
     p.add_argument("--limit", type=int, default=None, help="score only the first N examples")
     p.add_argument("--out", default=None, help="report path (default: reports/<bench>-<timestamp>.json)")
     if task is not None and hasattr(task, "add_arguments"):
@@ -58,13 +60,15 @@ def _generate(task, examples, args, responses_path: Path, backend=None) -> dict:
     backend = backend or make_backend(args)
 
     def save(done: list[dict], responses: dict) -> None:
-        task.write_responses(responses_path, done, responses)
+        if is_rank0():  # under torchrun every rank holds all outputs; one writes them
+            task.write_responses(responses_path, done, responses)
 
     if hasattr(task, "generate"):
         return task.generate(examples, backend, args, save)
     texts: list[str] = []
-    step = max(1, args.batch_size if getattr(args, "base_url", None) is None else args.concurrency)
-    bar = tqdm(total=len(examples), desc=f"{args.bench} generate", unit="ex")
+    step = getattr(backend, "per_call", None) or max(1, args.batch_size if getattr(args, "base_url", None) is None
+                                                     else args.concurrency)
+    bar = tqdm(total=len(examples), desc=f"{args.bench} generate", unit="ex", disable=not is_rank0())
     for i in range(0, len(examples), step):
         batch = examples[i:i + step]
         texts += backend.chat([ex["messages"] for ex in batch], max_new_tokens=args.max_new_tokens)
@@ -130,6 +134,8 @@ def run(argv=None) -> int:
     else:
         responses_path = out.with_name(out.stem + ".responses" + getattr(task, "RESPONSES_SUFFIX", ".json"))
         responses = _generate(task, examples, args, responses_path)
+        if not is_rank0():
+            return 0  # the other ranks of a torchrun job helped generate; rank 0 scores and writes
         task.write_responses(responses_path, examples, responses)
 
     report = task.evaluate(examples, responses)

@@ -11,6 +11,7 @@ Every benchmark generates through one small interface, so a task never knows whi
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 
@@ -22,23 +23,41 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """A model loaded with `engine.load`, generating in batches of `batch_size` conversations."""
+    """A model loaded with `engine.load`, generating in batches of `batch_size` conversations.
 
-    def __init__(self, model: str, adapter: str | None = None, batch_size: int = 8, **load_kwargs):
+    Under torchrun the processes form a (dp, tp) grid: the `tp` ranks of a replica serve one model together and the
+    batches of each `chat` call are dealt over the DP replicas; every rank gets all texts back, in input order."""
+
+    def __init__(self, model: str, adapter: str | None = None, batch_size: int = 8, tp: int = 1, **load_kwargs):
         import engine  # imported here: scoring saved outputs needs no torch
 
         self.name = model if adapter is None else f"{model}+{adapter}"
         self.batch_size = max(1, int(batch_size))
+        self.mesh = None  # a single process: no grid
+        if tp != 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            self.mesh = engine.init_mesh(tp)  # a world that tp does not divide fails here, before loading
+            self.per_call = self.batch_size * self.mesh.dp  # conversations per chat() that keep every replica busy
+            load_kwargs["tp"] = tp
         self.model, self.tokenizer = engine.load(model, adapter=adapter, **load_kwargs)
 
     def chat(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
         import engine
 
-        texts: list[str] = []
-        for i in range(0, len(conversations), self.batch_size):
-            texts += engine.generate(self.model, self.tokenizer, conversations[i:i + self.batch_size],
-                                     max_new_tokens=max_new_tokens, temperature=0.0)
-        return texts
+        def batch(convs):
+            return engine.generate(self.model, self.tokenizer, convs, max_new_tokens=max_new_tokens, temperature=0.0)
+
+        if self.mesh is not None:
+            return engine.map_data_parallel(batch, conversations, self.batch_size, self.mesh)
+        return [text for i in range(0, len(conversations), self.batch_size)
+                for text in batch(conversations[i:i + self.batch_size])]
+
+
+def is_rank0() -> bool:
+    """Whether this process writes reports (always, outside torchrun)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # never imports torch: scoring saved outputs needs none
+    return dist is None or not dist.is_initialized() or dist.get_rank() == 0
 
 
 def load_kwargs(args) -> dict:
@@ -57,4 +76,5 @@ def make_backend(args) -> Backend:
         return EndpointBackend(args.base_url, model_name=getattr(args, "model_name", None),
                                api_key=getattr(args, "api_key", None),
                                concurrency=getattr(args, "concurrency", 4))
-    return LocalBackend(args.model, adapter=args.adapter, batch_size=args.batch_size, **load_kwargs(args))
+    return LocalBackend(args.model, adapter=args.adapter, batch_size=args.batch_size, tp=getattr(args, "tp", 1),
+                        **load_kwargs(args))

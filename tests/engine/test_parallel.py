@@ -7,9 +7,6 @@ steps through an adapter saved by the TP run, and the vocab-parallel cross-entro
 """
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -222,7 +219,7 @@ def test_bad_tp_degree_fails_before_loading(tp):
 
 @pytest.mark.parametrize("mode", ["die", "stuck"])
 def test_dead_or_stuck_rank_ends_the_job(tmp_path, mode):
-    """A peer that dies (its socket closes) or hangs alive (only the 8 s collective timeout can notice) makes the
+    """A peer that dies (its socket closes) or hangs alive (only the 4 s collective timeout can notice) makes the
     surviving rank raise, and torchrun ends the job: well within 60 s, never a hang."""
     rc, out, err = launch(mode, tmp_path, timeout=150)
     ended = time.time()
@@ -231,55 +228,3 @@ def test_dead_or_stuck_rank_ends_the_job(tmp_path, mode):
     assert "Traceback" in err  # rank 0 failed with an exception, not only killed
     if mode == "stuck":
         assert "timed out" in err.lower() or "timeout" in err.lower(), err[-3000:]
-
-
-def test_train_cli_with_tp2_writes_single_process_adapter(tmp_path):
-    """`engine.train --tp 2` on two gloo ranks: its first-step loss equals the single-process run's (fresh LoRA B is
-    zero, so step 1 sees the base model), and its adapter has the single-process names, shapes and config."""
-    model = build_model(get_config("debug"))
-    model.to_empty(device="cpu")
-    model.init_weights(std=0.05, generator=torch.Generator().manual_seed(11))
-    ckpt = save_hf(model, tmp_path / "ckpt", dtype=torch.float32)  # no tokenizer.json: the ChatML fallback
-    args = [
-        "--model",
-        str(ckpt),
-        "--lora",
-        "--steps",
-        "2",
-        "--global-batch-size",
-        "4",
-        "--micro-batch-size",
-        "2",
-        "--max-seq-len",
-        "256",
-        "--lora-rank",
-        "4",
-        "--save-every",
-        "1",
-    ]
-    rc, _, err = run_torchrun(2, ["-m", "engine.train", *args, "--tp", "2", "--out", tmp_path / "tp"], timeout=300)
-    assert rc == 0, err[-3000:]
-    single = subprocess.run(  # noqa: PLW1510 (the return code is asserted)
-        [sys.executable, "-m", "engine.train", *args, "--out", str(tmp_path / "one")],
-        cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-
-    def losses(d):
-        return [json.loads(ln)["loss"] for ln in (d / "metrics.jsonl").read_text().splitlines()]
-
-    assert len(losses(tmp_path / "tp")) == 2
-    assert losses(tmp_path / "tp")[0] == pytest.approx(losses(tmp_path / "one")[0], rel=1e-5)
-    from safetensors.torch import load_file
-
-    a = load_file(str(tmp_path / "tp" / "adapter" / ADAPTER_WEIGHTS))
-    b = load_file(str(tmp_path / "one" / "adapter" / ADAPTER_WEIGHTS))
-    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
-    assert json.loads((tmp_path / "tp" / "adapter" / ADAPTER_CONFIG).read_text()) == json.loads(
-        (tmp_path / "one" / "adapter" / ADAPTER_CONFIG).read_text()
-    )
-    assert (tmp_path / "tp" / "checkpoints" / "step-2" / "state-rank1.pt").is_file()

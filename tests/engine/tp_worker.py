@@ -91,7 +91,7 @@ def main(mode, out_dir, *ckpts):
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     if mode in ("die", "stuck"):
-        init_mesh(2, timeout_s=8)
+        init_mesh(2, timeout_s=4)
         model, _ = engine.load("debug", random_init=True, dtype=torch.float32, tp=2)
         if rank == 1:
             with open(os.path.join(out_dir, "peer_failed_at"), "w") as f:
