@@ -141,15 +141,14 @@ def _call_match(text: str) -> tuple[int, str, str, int] | None:
     """What `_CALL_RE.search(text)` finds, as (start, name, arguments, end), in linear time: the leftmost `[Name(`
     whose line holds a later `)]`, the arguments running to the last `)]` of that line (`.*` is greedy and stops at
     a newline). The regex itself backtracks quadratically on text with many `[Name(` and no `)]`."""
-    last_close: dict[int, int] = {}
+    line_end = close = -1
     for m in _CALL_OPEN.finditer(text):
-        line_end = text.find("\n", m.end())
-        line_end = len(text) if line_end < 0 else line_end
-        if line_end not in last_close:
-            last_close[line_end] = text.rfind(")]", 0, line_end)
-        j = last_close[line_end]
-        if j >= m.end():
-            return m.start(), m.group(1), text[m.end():j], j + 2
+        if m.end() > line_end:  # a new line: find its end and its last ")]" once
+            line_end = text.find("\n", m.end())
+            line_end = len(text) if line_end < 0 else line_end
+            close = text.rfind(")]", 0, line_end)
+        if close >= m.end():
+            return m.start(), m.group(1), text[m.end():close], close + 2
     return None
 
 
@@ -445,8 +444,15 @@ def _check_pred(ex: dict, pred: str):
     return check_call(parsed, g["api_name"], g["param_dict"], ex["api_desc"])
 
 
+# ROUGE (the `rouge` package) is quadratic in pure Python: longer outputs are cut for it. A response keeps 1,500
+# characters (a reply is a sentence or two); the LlamaFactory text metrics of a call keep 500 (a call is ~100).
+MAX_METRIC_CHARS = 1500
+MAX_CALL_METRIC_CHARS = 500
+
+
 def _score_one(ex: dict, pred, item: dict, stats: dict) -> None:
-    """Score one sample into `item` and the level's `stats`."""
+    """Score one sample into `item` and the level's `stats`. The call is parsed from the whole output (linear
+    time); ROUGE and the text metrics see its first MAX_METRIC_CHARS characters."""
     if pred is not None and not isinstance(pred, str):
         pred = str(pred)
     if ex["kind"] == "api_call":
@@ -456,7 +462,8 @@ def _score_one(ex: dict, pred, item: dict, stats: dict) -> None:
             stats["missing"] += 1
         else:
             ok, err = _check_pred(ex, pred)
-            stats["lf"].append(llamafactory_scores(pred, render_call(g["api_name"], g["param_dict"])))
+            gold_text = render_call(g["api_name"], g["param_dict"])
+            stats["lf"].append(llamafactory_scores(pred[:MAX_CALL_METRIC_CHARS], gold_text))
         stats["calls"].append(ok)
         item.update(verdict="correct" if ok else "incorrect", error_type=err)
     else:
@@ -466,7 +473,7 @@ def _score_one(ex: dict, pred, item: dict, stats: dict) -> None:
         else:
             if ex.get("style") == "coalm":
                 pred = handlers.apibank_reply(pred)  # the reply after "System:"
-            score, err = (rouge_f(pred, ex["gold"]["text"]) if pred.strip() else 0.0), None
+            score, err = (rouge_f(pred[:MAX_METRIC_CHARS], ex["gold"]["text"]) if pred.strip() else 0.0), None
         stats["rouge"].append(score)
         item.update(score=score, error_type=err)
 

@@ -37,6 +37,8 @@ def read_jsonl_lines(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> lis
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise EvalError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                except ValueError as e:  # e.g. an integer past Python's 4300-digit conversion limit
+                    raise EvalError(f"{path}:{lineno}: not valid JSON ({clip(str(e), 100)})") from None
                 except RecursionError:
                     raise EvalError(f"{path}:{lineno}: JSON nested too deeply to read") from None
                 if not isinstance(row, dict):

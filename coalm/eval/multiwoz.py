@@ -46,11 +46,12 @@ from coalm.eval.multiwoz_norm import (  # noqa: F401 - re-exported: the module's
     normalize_state,
     partial_ratio,
 )
-from coalm.eval.multiwoz_success import (
+from coalm.eval.multiwoz_success import (  # noqa: F401 - VenueDatabase re-exported
     VenueDatabase,
     bleu,
     dialog_inform_success,
     estimate_domains,
+    load_database,
     normalize_response,
     parse_goal,
 )
@@ -229,6 +230,8 @@ def read_responses(path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise EvalError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+    except ValueError as e:  # e.g. an integer past Python's 4300-digit conversion limit
+        raise EvalError(f"{path}: not JSON ({clip(str(e), 100)})") from None
     except RecursionError:
         raise EvalError(f"{path}: JSON nested too deeply to read") from None
     except UnicodeDecodeError as e:
@@ -335,7 +338,7 @@ def _dialogue(exs: list[dict], turns: list[dict], db) -> tuple[bool, bool]:
 
 
 def _response_metrics(examples, responses, items) -> dict:
-    db = VenueDatabase(Path(examples[0]["db_dir"]))
+    db = load_database(str(examples[0]["db_dir"]))
     by_dialog: dict = {}
     for ex in examples:
         by_dialog.setdefault(ex["dialogue_id"], []).append(ex)

@@ -125,6 +125,12 @@ class VenueDatabase:
         return tuple(out)
 
 
+@functools.lru_cache(maxsize=4)
+def load_database(folder: str) -> VenueDatabase:
+    """One database per folder and process: scoring a dialogue at a time must not re-read 60,000 venue rows."""
+    return VenueDatabase(Path(folder))
+
+
 def parse_goal(raw: dict) -> dict:
     """mwzeval-style goal {domain: {"informable", "requestable"}} from a MultiWOZ raw goal."""
     goal = {}

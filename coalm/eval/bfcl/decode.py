@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import operator
 import re
+import warnings
 
 from coalm.eval.bfcl.values import _quoted
 
@@ -108,7 +109,9 @@ def _py_call(node: ast.Call) -> dict:
 
 
 def _decode_python(text: str) -> list:
-    tree = ast.parse(text.strip("[]'"), mode="eval")
+    with warnings.catch_warnings():  # "invalid decimal literal" and the like: model text, not the user's code
+        warnings.simplefilter("ignore", SyntaxWarning)
+        tree = ast.parse(text.strip("[]'"), mode="eval")
     if isinstance(tree.body, ast.Call):
         return [_py_call(tree.body)]
     if not isinstance(tree.body, (ast.List, ast.Tuple, ast.Set)):

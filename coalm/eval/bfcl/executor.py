@@ -26,6 +26,7 @@ import copy
 import decimal
 import inspect
 import json
+import warnings
 
 from coalm.eval.base import EvalError
 from coalm.eval.bfcl.decode import decode_ast, is_call_list
@@ -79,7 +80,9 @@ class Backends:
 
     def execute_one(self, call: str) -> str:
         try:
-            tree = ast.parse(call, mode="eval").body
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SyntaxWarning)
+                tree = ast.parse(call, mode="eval").body
             head = call.split("(")[0].split(".")[-1]
             if head in _BLOCKED:
                 raise ExecError(f"Function call {head} is not allowed.")
