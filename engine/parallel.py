@@ -185,9 +185,3 @@ def save_adapter_parallel(model, directory, base_model: str | None = None, write
     dist.barrier(group=model.tp_group)
     return Path(directory)
 
-
-def load_parallel(source, tp: int, **kwargs):
-    """Transitional name for `engine.load(source, tp=tp, ...)` (the one loader), kept until every caller moves."""
-    from .loader import load
-
-    return load(source, tp=tp, **kwargs)

@@ -219,8 +219,8 @@ def test_bad_tp_degree_fails_before_loading(tp):
 
 @pytest.mark.parametrize("mode", ["die", "stuck"])
 def test_dead_or_stuck_rank_ends_the_job(tmp_path, mode):
-    """A peer that dies (its socket closes) or hangs alive (only the 4 s collective timeout can notice) makes the
-    surviving rank raise, and torchrun ends the job: well within 60 s, never a hang."""
+    """A DP peer that dies (its socket closes) or a TP peer that hangs alive (only the 4 s collective timeout can
+    notice) makes the surviving rank raise, and torchrun ends the job: well within 60 s, never a hang."""
     rc, out, err = launch(mode, tmp_path, timeout=150)
     ended = time.time()
     assert rc not in (0, -9), f"the job survived its {mode} peer ({rc}):\n{out}\n{err[-3000:]}"

@@ -1,8 +1,8 @@
 """One rank of the tensor-parallel tests (tests/engine/test_parallel.py runs two under torchrun).
 
     torchrun --nproc-per-node 2 tests/engine/tp_worker.py main OUT_DIR CKPT_UNTIED CKPT_TIED   # every check
-    torchrun --nproc-per-node 2 tests/engine/tp_worker.py die OUT_DIR     # rank 1 dies: rank 0 must fail, not hang
-    torchrun --nproc-per-node 2 tests/engine/tp_worker.py stuck OUT_DIR   # rank 1 hangs: the collective timeout ends it
+    torchrun --nproc-per-node 2 tests/engine/tp_worker.py die OUT_DIR     # DP rank 1 dies: rank 0 must fail, not hang
+    torchrun --nproc-per-node 2 tests/engine/tp_worker.py stuck OUT_DIR   # TP rank 1 hangs: the collective timeout
 
 Each rank saves what it computed to OUT_DIR/rank{R}.pt; the test compares it with the single-process model.
 """
@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 import engine
+from engine.data_parallel import reduce_gradients
 from engine.generation import generate_ids
 from engine.lora import lora_modules
 from engine.mesh import init_mesh
@@ -91,8 +92,13 @@ def main(mode, out_dir, *ckpts):
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     if mode in ("die", "stuck"):
-        init_mesh(2, timeout_s=4)
-        model, _ = engine.load("debug", random_init=True, dtype=torch.float32, tp=2)
+        # a dead peer of a DP pair (gradient all-reduces), a stuck peer of a TP pair (every forward's all-reduces)
+        tp = 2 if mode == "stuck" else 1
+        mesh = init_mesh(tp, timeout_s=4)
+        model, _ = engine.load("debug", random_init=True, dtype=torch.float32, tp=tp)
+        params = list(model.parameters())
+        for p in params:
+            p.grad = torch.ones_like(p)
         if rank == 1:
             with open(os.path.join(out_dir, "peer_failed_at"), "w") as f:
                 f.write(repr(time.time()))
@@ -101,7 +107,10 @@ def main(mode, out_dir, *ckpts):
             os._exit(3)
         tokens = torch.zeros(1, 4, dtype=torch.long)
         for _ in range(100000):  # would hang forever without a timeout / error on the dead peer
-            model(tokens)
+            if tp > 1:
+                model(tokens)
+            else:
+                reduce_gradients(params, mesh)
         return 0
     init_mesh(2, timeout_s=60)
     x = inputs()
