@@ -10,11 +10,13 @@ JOBS ?= 2
 
 .PHONY: demo agent test bench gpu lint
 
-$(STAMP): pyproject.toml
+# The native ops (CMakeLists.txt, csrc/) build against the venv's torch: build tools first, then no build isolation.
+$(STAMP): pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q "scikit-build-core>=0.10" "cmake>=3.18" "ninja>=1.10"
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	touch $(STAMP)
 

@@ -13,7 +13,8 @@ tiles looping over N, again dequantizing W tiles in place; grad_A = scale * dyB^
 grad_B = scale * dy^T @ xa are small torch matmuls. W never gets a gradient.
 
 Dispatch (`kernels._dispatch.use_triton`): CUDA tensors (and CPU tensors under TRITON_INTERPRET=1) run the
-kernels; otherwise `lora_linear_ref` (dequantize, then three torch matmuls) runs. fp32 operands use TF32 in
+kernels; CPU tensors with an NF4 weight run the compiled ops (`kernels.native`: nf4_linear forward, nf4_dequantize
+in backward); otherwise `lora_linear_ref` (dequantize, then three torch matmuls) runs. fp32 operands use TF32 in
 the kernels only when torch.backends.cuda.matmul.allow_tf32 is set, as torch itself does.
 NF4 tiles: with K % blocksize == 0 (every Llama shape) quantization blocks lie inside rows and a tile is
 dequantized block by block (one absmax per 64 values, each byte read once); otherwise value by value.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels import native
 from kernels._dispatch import HAS_TRITON, interpreting, use_triton
 from kernels.nf4 import NF4Weight, dequantize_nf4_ref, nf4_kernel_args
 
@@ -246,6 +248,9 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor | NF4Weight, lora_a: torch
     """y = x @ W^T + scale * (x @ lora_a^T) @ lora_b^T; differentiable in x, lora_a and lora_b (W is frozen)."""
     _check(x, weight, lora_a, lora_b)
     if not use_triton(x) or x.numel() == 0:
+        if isinstance(weight, NF4Weight) and x.device.type == "cpu" and x.numel():
+            base = _NF4LinearCPU.apply(x, weight)
+            return torch.add(base, F.linear(F.linear(x, lora_a), lora_b), alpha=scale)
         return lora_linear_ref(x, weight, lora_a, lora_b, scale)
     if isinstance(weight, torch.Tensor):
         weight = weight.detach().contiguous()
@@ -265,6 +270,22 @@ class _NF4LinearRef(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         return (dy @ dequantize_nf4_ref(ctx.q, dy.dtype) if ctx.needs_input_grad[0] else None), None
+
+
+class _NF4LinearCPU(torch.autograd.Function):
+    """x @ dequant(W)^T on CPU through the compiled ops: nf4_linear forward (fp32; W decoded inside the matmul for
+    few rows, dequantized once + sgemm for many), nf4_dequantize again in backward (only the 4-bit W is kept)."""
+
+    @staticmethod
+    def forward(ctx, x, q):
+        ctx.q = q
+        if x.dtype == torch.float32:
+            return native.nf4_linear(x, q)
+        return F.linear(x, native.nf4_dequantize(q, x.dtype))
+
+    @staticmethod
+    def backward(ctx, dy):
+        return (dy @ native.nf4_dequantize(ctx.q, dy.dtype) if ctx.needs_input_grad[0] else None), None
 
 
 def lora_linear_ref(x: torch.Tensor, weight: torch.Tensor | NF4Weight, lora_a: torch.Tensor, lora_b: torch.Tensor,

@@ -15,7 +15,8 @@ w = NF4_CODE[c] * absmax_b, rounded (to nearest even) to the output dtype.
 A weight without double quantization (compress_statistics=False) is also accepted: its absmax is fp32.
 
 `NF4Weight` is a plain dataclass of tensors; `from_bnb` / `to_bnb` convert to and from
-`bitsandbytes.functional.QuantState`. The Triton kernel is memory bound: one program dequantizes ROWS
+`bitsandbytes.functional.QuantState`. On CPU, `dequantize_nf4` runs the compiled op `kernels.native.nf4_dequantize`
+(AVX-512 / AVX2 / scalar, bit-exact with the reference below). The Triton kernel is memory bound: one program dequantizes ROWS
 quantization blocks, reading 0.5 B + 1/blocksize B per weight and writing 2 or 4 B. Limits: blocksize a
 power of two in [32, 4096]; fewer than 2**31 bytes of packed codes per weight. `_nf4_tile` is shared with
 `kernels.lora_matmul`, which dequantizes tiles of W inside its matmul loops.
@@ -27,6 +28,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from kernels import native
 from kernels._dispatch import HAS_TRITON, use_triton
 
 if HAS_TRITON:
@@ -220,6 +222,8 @@ def dequantize_nf4(q: NF4Weight, dtype: torch.dtype | None = None) -> torch.Tens
     """The weight of `q` in `dtype` (default: the dtype it was quantized from), bit-exact with bitsandbytes."""
     dtype = _check(q, dtype)
     if not use_triton(q.packed):
+        if q.packed.device.type == "cpu":  # the compiled op (csrc/); raises naming the build step when not built
+            return native.nf4_dequantize(q, dtype)
         return dequantize_nf4_ref(q, dtype)
     n = q.numel()
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
@@ -250,26 +254,51 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = 64) -> NF4Weight:
     flat = w.detach().reshape(-1).float()
     n = flat.numel()
     full = n - n % blocksize
-    absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=w.device)
-    parts = []
-    if full:
-        blocks = flat[:full].view(-1, blocksize)
-        absmax[: full // blocksize] = blocks.abs().amax(dim=1)
-        recip = 1.0 / absmax[: full // blocksize].clamp(min=1e-38)
-        parts.append((blocks * recip[:, None]).clamp_(-1, 1).view(-1))
-    if full < n:
-        absmax[-1] = flat[full:].abs().amax()
-        parts.append((flat[full:] / absmax[-1].clamp(min=1e-38)).clamp_(-1, 1))
-    scaled = torch.cat(parts) if len(parts) > 1 else parts[0]
-    idx = torch.bucketize(scaled, (code[:-1] + code[1:]) / 2).to(torch.uint8)  # midpoint ties -> lower
-    if n % 2:
-        idx = torch.cat([idx, idx.new_full((1,), 7)])
-    packed = (idx[0::2] << 4) | idx[1::2]
+    mids = (code[:-1] + code[1:]) / 2
+    if w.device.type == "cpu":  # compiled: torch's bucketize and amax took ~10 s for SmolLM2's linears on CPU
+        packed, absmax = native.nf4_quantize(flat, mids, blocksize)
+    else:
+        absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=w.device)
+        if full:
+            absmax[: full // blocksize] = flat[:full].view(-1, blocksize).abs().amax(dim=1)
+        if full < n:
+            absmax[-1] = flat[full:].abs().amax()
+        packed = _codes_ref(flat, absmax, mids, blocksize)
 
     offset = absmax.mean()
     qabsmax, absmax2 = _quantize_dynamic(absmax - offset, dynamic_map().to(w.device))
     return NF4Weight(packed=packed, absmax=qabsmax, code=code, shape=w.shape, dtype=w.dtype, blocksize=blocksize,
                      absmax2=absmax2, code2=dynamic_map().to(w.device), offset=offset)  # fmt: skip
+
+
+def _codes_ref(flat: torch.Tensor, absmax: torch.Tensor, mids: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """Packed NF4 codes of `flat` in plain torch (the rules of `quantize_nf4`; `native.nf4_quantize` on CPU)."""
+    n = flat.numel()
+    full = n - n % blocksize
+    parts = []
+    if full:
+        recip = 1.0 / absmax[: full // blocksize].clamp(min=1e-38)
+        parts.append((flat[:full].view(-1, blocksize) * recip[:, None]).clamp_(-1, 1).view(-1))
+    if full < n:
+        parts.append((flat[full:] / absmax[-1].clamp(min=1e-38)).clamp_(-1, 1))
+    scaled = torch.cat(parts) if len(parts) > 1 else parts[0]
+    idx = torch.bucketize(scaled, mids).to(torch.uint8)  # midpoint ties -> lower
+    if n % 2:
+        idx = torch.cat([idx, idx.new_full((1,), 7)])
+    return (idx[0::2] << 4) | idx[1::2]
+
+
+_LUTS: dict = {}
+
+
+def _dynamic_lut(code2: torch.Tensor) -> torch.Tensor:
+    """For each of the 65536 grid points, the number of `code2` midpoints strictly below it (kept per device and
+    code book: rebuilding it for every weight made quantizing a model's 210 linears take seconds)."""
+    key = (str(code2.device), tuple(code2.tolist()))
+    if key not in _LUTS:
+        grid = -1.0 + (2.0 * torch.arange(65536, dtype=torch.float32, device=code2.device)) / 65535.0
+        _LUTS[key] = torch.searchsorted(0.5 * (code2[:-1] + code2[1:]), grid)
+    return _LUTS[key]
 
 
 def _quantize_dynamic(x: torch.Tensor, code2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,8 +313,7 @@ def _quantize_dynamic(x: torch.Tensor, code2: torch.Tensor) -> tuple[torch.Tenso
     absmax2 = blocks.abs().amax(dim=1)
     v = (blocks * (1.0 / absmax2)[:, None]).clamp_(-1, 1)
     point = ((v + 1.0) * 0.5 * 65535.0 + 0.5).long()  # every step rounded to fp32, as in bitsandbytes
-    grid = -1.0 + (2.0 * torch.arange(65536, dtype=torch.float32, device=x.device)) / 65535.0
-    lut = torch.searchsorted(0.5 * (code2[:-1] + code2[1:]), grid)  # midpoints strictly below each point
+    lut = _dynamic_lut(code2)
     q = torch.where((absmax2 == 0)[:, None], 0, lut[point.clamp_(0, 65535)])  # an all-zero block codes 0
     return q.view(-1)[:n].to(torch.uint8), absmax2
 
