@@ -176,9 +176,10 @@ def _tools(rng, targets: list[Api], dialect: dict, exclude: set[str] = frozenset
     return [tool(a, dialect) for a in picked]
 
 
-def _row(tools, query, calls, pattern, i) -> dict:
+def _row(tools, query, calls, pattern, i, asked=None) -> dict:
+    asked = asked or list(dict.fromkeys(c["name"] for c in calls))  # the APIs the query asks for
     return {"instruction": F.la_instruction(tools), "input": query, "output": F.la_output(calls),
-            "meta": {"format": "la", "source": "synth", "id": f"synth/{i}", "pattern": pattern}}
+            "meta": {"format": "la", "source": "synth", "id": f"synth/{i}", "pattern": pattern, "asked": asked}}
 
 
 def _single(rng, i, dialect):
@@ -216,7 +217,7 @@ def _none(rng, i, dialect):
     api = rng.choice(APIS)
     _, ph = make_call(rng, api)
     tools = _tools(rng, [], dialect, exclude={api.name} | {a.name for a in APIS if a.domain == api.domain})
-    return _row(tools, _framed(rng, _clause(rng, api, ph)), [], "none", i)
+    return _row(tools, _framed(rng, _clause(rng, api, ph)), [], "none", i, asked=[api.name])
 
 
 _TOKEN = Param("token", "string", "User's token.", ())
@@ -231,7 +232,8 @@ def _dialogue(rng, i, dialect):
     first = [x for p, x in zip([p for p in api.params if p.name in call["arguments"]], ph) if p is not asked]
     lines = [f"User: {_framed(rng, _clause(rng, api, first))}",
              "AI: " + rng.choice(ASKS).format(d=asked.desc.rstrip(".").split(",")[0].lower().removeprefix("the ")),
-             f"User: {_cap(ph[[p.name for p in api.params if p.name in call['arguments']].index(asked.name)])}."]
+             # not capitalised: the answer may start with the value itself ("https://...")
+             f"User: {ph[[p.name for p in api.params if p.name in call['arguments']].index(asked.name)]}."]
     extra, targets = (), [api]
     if rng.random() < 0.35:
         login = next(a for a in APIS if a.name == "login_user")
