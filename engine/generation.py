@@ -139,6 +139,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--random-init", action="store_true", help="random weights (throughput tests)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun)")
+    p.add_argument("--quantize", choices=["nf4"], default=None, help="NF4 base weights (QLoRA's format)")
     a = p.parse_args(argv)
     bad = check_sampling(a.max_new_tokens, a.temperature, a.top_p)
     if bad:
@@ -147,7 +148,8 @@ def main(argv=None):
     try:
         import engine
 
-        model, tok = engine.load(a.model, adapter=a.adapter, random_init=a.random_init, tp=a.tp)
+        model, tok = engine.load(a.model, adapter=a.adapter, random_init=a.random_init, tp=a.tp,
+                                 quantize=a.quantize)
         prompts = []
         for text in a.prompt:
             if a.raw:

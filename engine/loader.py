@@ -29,7 +29,8 @@ def default_dtype(device) -> torch.dtype:
 
 
 def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None, dtype: torch.dtype | None = None,
-         device: str | torch.device | None = None, random_init: bool = False, seed: int = 0, tp: int = 1):
+         device: str | torch.device | None = None, random_init: bool = False, seed: int = 0, tp: int = 1,
+         quantize: str | None = None):
     """Build the model on the meta device, then assign weights from `source` on `device`.
 
     source: a preset or alias (`smollm2-135m` is embedded; Llama presets need `random_init=True`, or a checkpoint
@@ -38,6 +39,7 @@ def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None,
     grid (refusing a world size or model that `tp` does not divide before anything is read), the model is sharded
     on the meta device, and the per-tensor hook `engine.parallel.TPShard` reads only this rank's rows or columns.
     device: default cuda:LOCAL_RANK under torchrun, cuda on one GPU, else cpu.
+    quantize: "nf4" stores the block linears 4-bit as QLoRA does, the adapter unmerged on top (engine/quantize.py).
     """
     from .hub import resolve_source
 
@@ -104,6 +106,11 @@ def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None,
     if device.type == "cpu":
         column_major_linears(model)
     model.eval().requires_grad_(False)
+    if quantize is not None:  # NF4 base weights; the adapter, if any, is applied there on the NF4 base
+        from .quantize import quantize_model
+
+        quantize_model(model, quantize, adapter)
+        adapter = None
     if adapter is not None:
         from .lora import load_adapter
 

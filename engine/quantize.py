@@ -1,0 +1,81 @@
+"""NF4 inference: the base linear weights stored 4-bit exactly as QLoRA stores them, an adapter applied unmerged.
+
+    model, tok = engine.load("smollm2-135m", quantize="nf4")                     # base model, NF4 linears
+    model, tok = engine.load("smollm2-135m", adapter="runs/x/adapter", quantize="nf4")
+    python -m engine.generate --quantize nf4 --prompt "..."
+
+Every linear layer inside the transformer blocks (q/k/v/o, gate/up/down) becomes 4-bit: `quantize_nf4` of the
+loaded weight, the same codes and statistics as bitsandbytes `quantize_4bit(quant_type="nf4")` and as
+`engine.lora.LoRALinear(quantize=True)` makes for QLoRA training. The embeddings, norms and lm_head stay in the
+model dtype (bitsandbytes' QLoRA leaves the output layer unquantized too). With an adapter, its target layers are
+the QLoRA training layers themselves (`LoRALinear` with an NF4 base, unmerged), so the logits are those of the
+training forward; the remaining block linears are NF4 without an update.
+
+CPU: `kernels.native.nf4_linear` (decode inside the matmul, AVX-512 / AVX2, see docs/native.md). CUDA: the fused
+Triton QLoRA kernel (`kernels.lora_matmul.lora_linear`) with a zero rank-1 update; that path is not tested on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kernels import native
+from kernels.lora_matmul import lora_linear
+from kernels.nf4 import NF4Weight, dequantize_nf4, quantize_nf4
+
+QUANTIZE = ("nf4",)
+
+
+class NF4Linear(nn.Module):
+    """A frozen linear layer whose weight is an NF4Weight (no bias, as every Llama linear)."""
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        if base.bias is not None:
+            raise ValueError("NF4Linear: linear layers with a bias are not supported")
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.nf4: NF4Weight = quantize_nf4(base.weight.detach())
+
+    def forward(self, x):
+        q = self.nf4
+        if x.device.type == "cpu":
+            return native.nf4_linear(x, q) if x.dtype == torch.float32 else native.nf4_linear(x.float(), q).to(x.dtype)
+        # CUDA: the Triton kernel dequantizes W tiles in registers; a zero update keeps it to the base product
+        a = x.new_zeros(1, self.in_features)
+        b = x.new_zeros(self.out_features, 1)
+        return lora_linear(x, q, a, b, 0.0)
+
+    def dequantized(self, dtype=torch.float32) -> torch.Tensor:
+        return dequantize_nf4(self.nf4, dtype)
+
+    def _apply(self, fn, recurse=True):  # keep the NF4 tensors on the module's device through .to()/.cuda()
+        super()._apply(fn, recurse)
+        probe = fn(torch.empty(0, device=self.nf4.packed.device))
+        self.nf4 = self.nf4.to(probe.device)
+        return self
+
+    def extra_repr(self):
+        return f"in={self.in_features}, out={self.out_features}, nf4 blocksize={self.nf4.blocksize}"
+
+
+def check_quantize(method: str | None) -> str | None:
+    if method is not None and method not in QUANTIZE:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)} (or None), got {method!r}")
+    return method
+
+
+@torch.no_grad()
+def quantize_model(model, method: str = "nf4", adapter=None):
+    """Quantize the block linears of a loaded model in place; apply `adapter` (a PEFT directory) on the NF4 base."""
+    check_quantize(method)
+    if adapter is not None:
+        from .lora import load_adapter
+
+        load_adapter(model, adapter, quantize=True)  # its targets become QLoRA layers (NF4 base + LoRA)
+    for block in model.layers:
+        for module in list(block.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(module, name, NF4Linear(child))
+    return model.eval().requires_grad_(False)
