@@ -179,7 +179,8 @@ def dialog_inform_success(goal, booked, responses, states, domains, db) -> tuple
         for dom in goal:
             if dom not in active:
                 continue
-            if ("NAME" in utt and dom in ("restaurant", "hotel", "attraction")) or ("TRAINID" in utt and dom == "train"):
+            names_venue = "NAME" in utt and dom in ("restaurant", "hotel", "attraction")
+            if names_venue or ("TRAINID" in utt and dom == "train"):
                 venues = db.query(dom, state[dom]) if dom in state else []
                 if not offered[dom] or any(v not in venues for v in offered[dom]):
                     offered[dom] = venues

@@ -2,7 +2,8 @@
 
 For each benchmark, a few thousand gold outputs are mutated (hostile fragments inserted, spans cut, duplicated or
 truncated) and scored one item at a time. Asserted: no exception escapes the scorer; each item is scored in under a
-second of CPU time; no string in the report (as written to disk) is longer than a few KB, so nothing echoes a huge output.
+second of CPU time; no string in the report (as written to disk) is longer than a few KB, so nothing echoes a huge
+output.
 Responses files with mutated lines either load or raise the one-line `EvalError`, never anything else.
 """
 

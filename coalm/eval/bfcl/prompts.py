@@ -50,7 +50,8 @@ _PROMPT = (
 
 def add_arguments(parser):
     parser.add_argument("--category", default="all",
-                        help=f"BFCL categories or groups, comma-separated: {', '.join(GROUPS)}, {', '.join(SINGLE_TURN)}")
+                        help=f"BFCL categories or groups, comma-separated: {', '.join(GROUPS)}, "
+                             f"{', '.join(SINGLE_TURN + MULTI_TURN)}")
     parser.add_argument("--per-category-limit", type=int, default=None, help="keep the first N items of each category")
 
 
