@@ -36,8 +36,9 @@ class SlotCache:
         self.n_kv = model.layers[0].self_attn.k_proj.out_features // a.head_dim  # local heads under TP
         self.slots, self.max_len, self.initial = slots, max_len, min(initial, max_len)
         self.dtype, self.device = w.dtype, w.device
-        self.lengths = torch.zeros(slots, dtype=torch.int32, device=self.device)
-        self._alloc(self.initial)
+        with torch.inference_mode():  # every cache tensor is an inference tensor: all updates happen in this mode
+            self.lengths = torch.zeros(slots, dtype=torch.int32, device=self.device)
+            self._alloc(self.initial)
 
     def _alloc(self, cap: int, keep: int = 0):
         shape = (self.slots, cap, self.n_kv, self.head_dim)
@@ -111,8 +112,10 @@ class Runner:
         lengths += 1
         return logits
 
+    @torch.inference_mode()
     def move(self, src: int, dst: int):
         self.cache.move(src, dst)
 
+    @torch.inference_mode()
     def reset(self):
         self.cache.reset()

@@ -127,6 +127,7 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 self._admit(block=not self.running)
+                self._reap()  # a sequence can end on its first token
                 if self.running:
                     self._decode()
                 self._reap()
@@ -183,7 +184,7 @@ class Scheduler:
 
     def _push(self, slots, seqs):
         for i, s in zip(slots, seqs):
-            if not s.cancelled:
+            if not s.cancelled and s.finish is None:
                 self.text.push(s, self.last[i], self.last[i] in self.stop_ids)
 
     def _reap(self):
