@@ -486,7 +486,7 @@ def test_categories_and_groups(examples):
     with pytest.raises(EvalError, match="unknown BFCL category 'simpel'"):
         bfcl.parse_categories("simpel")
     multi = bfcl.load_examples(ROOT, type("A", (), {"category": "multi_turn", "per_category_limit": 2})())
-    assert [e["category"] for e in multi] == [c for c in bfcl.MULTI_TURN for _ in range(2)]
+    assert [e["category"] for e in multi] == list(bfcl.MULTI_TURN) * 2  # round robin: --limit samples each one
     assert {e["category"] for e in examples} == set(bfcl.SINGLE_TURN)
     ids = [e["id"] for e in examples]
     assert len(ids) == len(set(ids)) and "live_relevance_3-3-0#2" in ids  # the duplicated upstream id

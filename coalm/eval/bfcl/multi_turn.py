@@ -124,7 +124,11 @@ class Run:
 
 def generate_multi_turn(examples: list[dict], backend, max_new_tokens: int, on_step=None) -> dict:
     """Run every item to its end, one model call per step with all items still running batched together."""
+    from tqdm import tqdm
+
     runs = [Run(ex) for ex in examples]
+    bar = tqdm(total=len(runs), desc="bfcl multi-turn", unit="item", disable=len(runs) < 2 and on_step is None)
+    step = 0
     while True:
         active = [r for r in runs if not r.done]
         if not active:
@@ -134,8 +138,12 @@ def generate_multi_turn(examples: list[dict], backend, max_new_tokens: int, on_s
             raise RuntimeError(f"backend returned {len(texts)} texts for {len(active)} conversations")
         for run, text in zip(active, texts):
             run.step(text if isinstance(text, str) else str(text))
+        step += 1
+        bar.set_postfix(step=step, running=sum(not r.done for r in runs))
+        bar.update(sum(r.done for r in active))
         if on_step is not None:
             on_step({r.ex["id"]: r.result for r in runs})
+    bar.close()
     return {r.ex["id"]: r.result for r in runs}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from pathlib import Path
 
@@ -133,8 +134,10 @@ def load_examples(data_root, args=None) -> list[dict]:
     if style == "coalm" and {"java", "javascript"} & set(cats):
         raise EvalError("--prompt-style coalm covers BFCL's Python categories; java and javascript answers are "
                         "Java/JavaScript source text (use --prompt-style official for them)")
-    examples = []
+    per_category = []
     for cat in cats:
+        examples = []
+        per_category.append(examples)
         path = root / f"BFCL_v3_{cat}.json"
         if not path.is_file():
             raise EvalError(f"missing BFCL file {path}")
@@ -153,9 +156,9 @@ def load_examples(data_root, args=None) -> list[dict]:
                 "messages": handlers.bfcl_messages(row["question"][0], row["function"]) if style == "coalm"
                 else build_messages(row["question"][0], row["function"], cat), "style": style,
             })
-    for cat in multi:
-        examples += load_multi_turn(root, cat, per_cat)
-    return examples
+    per_category += [load_multi_turn(root, cat, per_cat) for cat in multi]
+    # Round robin over the categories, each in file order: `--limit N` then samples every category asked for.
+    return [ex for group in itertools.zip_longest(*per_category) for ex in group if ex is not None]
 
 
 # ---------------------------------------------------------------- saved responses (BFCL result JSONL)
