@@ -109,6 +109,11 @@ def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None,
     if quantize is not None:  # NF4 base weights; the adapter, if any, is applied there on the NF4 base
         from .quantize import quantize_model
 
+        if adapter is not None and shard is not None:  # this TP rank's part of the adapter, on its NF4 shards
+            from .lora import load_adapter
+
+            load_adapter(model, adapter, quantize=True, shard=shard)
+            adapter = None
         quantize_model(model, quantize, adapter)
         adapter = None
     if adapter is not None:
