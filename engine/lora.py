@@ -96,7 +96,12 @@ def apply_lora(model, rank: int = 16, alpha: float = 32, targets=None, dropout: 
         raise ValueError(f"unknown LoRA targets {sorted(unknown)}; valid: {', '.join(ALL_LINEAR)}")
     model.requires_grad_(False)
     blocks = list(model.layers) if device is not None else [model]
-    for block in blocks:
+    from tqdm import tqdm
+
+    from .dist import is_rank0
+
+    for block in tqdm(blocks, desc="quantizing to NF4", unit="block", leave=False,
+                      disable=not quantize or not is_rank0()):
         if device is not None:
             block.to(device)
         for module in list(block.modules()):
@@ -209,7 +214,9 @@ def load_adapter(model, directory: str | Path, quantize: bool = False, shard=Non
 @torch.no_grad()
 def merge_lora(model, dtype=None):
     """Fold every LoRA update into a plain nn.Linear (W + s * B @ A); NF4 bases are dequantized first."""
-    for name, module in list(model.named_modules()):
+    from tqdm import tqdm
+
+    for name, module in tqdm(list(model.named_modules()), desc="merging LoRA", leave=False):
         for child_name, child in list(module.named_children()):
             if isinstance(child, LoRALinear):
                 out_dtype = dtype or (child.weight.dtype if child.weight is not None else child.nf4.dtype)

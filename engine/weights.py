@@ -91,7 +91,12 @@ def load_hf_state_dict(directory: Path, expected: dict[str, torch.Size], dtype=N
             continue
         by_file.setdefault(f, []).append(hf_name)
     out = {}
-    for f, names in by_file.items():
+    from tqdm import tqdm
+
+    from .dist import is_rank0
+
+    for f, names in tqdm(by_file.items(), desc="loading shards", unit="shard", leave=False,
+                         disable=len(by_file) < 2 or not is_rank0()):
         with _open(f, safe_open) as sf:
             for hf_name in names:
                 name = hf_to_ours(hf_name)

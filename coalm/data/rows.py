@@ -46,20 +46,21 @@ def _records(path: Path):
     """Yield (row number, record-or-exception) from a JSONL or parquet file."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        i = 0
-        try:
-            with open(path, encoding="utf-8") as f:
-                for i, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        yield i, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        yield i, DataError(f"not valid JSON ({e.msg})")
-                    except RecursionError:  # e.g. 100,000 '[': the parser recurses once per level
-                        yield i, DataError("JSON nested too deeply to read")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: row {i + 1}: not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
+        with open(path, "rb") as f:  # bytes, decoded per line: a non-UTF-8 byte is reported with its row number
+            for i, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}: row {i}: not UTF-8 text ({e.reason} at byte {e.start}); convert the "
+                                    f"file to UTF-8") from None
+                if not line.strip():
+                    continue
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield i, DataError(f"not valid JSON ({e.msg})")
+                except RecursionError:  # e.g. 100,000 '[': the parser recurses once per level
+                    yield i, DataError("JSON nested too deeply to read")
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
