@@ -61,6 +61,18 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
 }
 
+// 16 bytes -> high-nibble values (even positions) and low-nibble values (odd positions), 8 + 8 each, code * scale,
+// against x pre-split the same way (x_split): no interleaving shuffles.
+inline void lookup_split(const uint8_t* p, const Table& t, __m256 scale, __m256 v[4]) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m256i i0 = _mm256_cvtepu8_epi32(bytes), i1 = _mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8));
+  const __m256i nib = _mm256_set1_epi32(15);
+  v[0] = _mm256_mul_ps(lut(t, _mm256_srli_epi32(i0, 4)), scale);  // even positions 0..14
+  v[1] = _mm256_mul_ps(lut(t, _mm256_srli_epi32(i1, 4)), scale);  // even positions 16..30
+  v[2] = _mm256_mul_ps(lut(t, _mm256_and_si256(i0, nib)), scale);  // odd positions 1..15
+  v[3] = _mm256_mul_ps(lut(t, _mm256_and_si256(i1, nib)), scale);  // odd positions 17..31
+}
+
 template <int MR>
 void rows(const NF4& q, const float* x, int64_t K, int64_t N, int64_t n0, int64_t n1, float* y) {
   const Table t{_mm256_loadu_ps(q.code), _mm256_loadu_ps(q.code + 8)};
@@ -73,8 +85,8 @@ void rows(const NF4& q, const float* x, int64_t K, int64_t N, int64_t n0, int64_
       const __m256 scale = _mm256_set1_ps(block_scale(q, n * nbk + kb));
       for (int64_t j = 0; j < bs; j += 32) {
         __m256 w[4];
-        lookup32(p + (kb * bs + j) / 2, t, scale, w);
-        const float* xk = x + kb * bs + j;
+        lookup_split(p + (kb * bs + j) / 2, t, scale, w);
+        const float* xk = x + kb * bs + j;  // split layout: 16 even-position values, then 16 odd-position ones
         for (int m = 0; m < MR; ++m) {
           acc[m][0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xk + m * K), acc[m][0]);
           acc[m][1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xk + m * K + 8), acc[m][1]);

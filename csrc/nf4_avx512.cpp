@@ -1,10 +1,11 @@
 // AVX-512 (F + BW + VL) NF4 kernels. Built with -mavx512f -mavx512bw -mavx512vl -mfma; called only when the CPU
 // reports those flags (nf4_ops.cpp).
 //
-// 16 packed bytes hold 32 values. Their nibbles are split, interleaved back into value order (high nibble first)
-// with two byte unpacks, widened to 32-bit indices and looked up in the 16-entry code book held in one register
-// (vpermps). Each value is then code * scale, rounded once in fp32: the same number bitsandbytes' dequantization
-// gives, so the matmul below multiplies x by exactly dequant(W).
+// 16 packed bytes hold 32 values; a code is looked up in the 16-entry code book held in one register (vpermps), and
+// each value is code * scale rounded once in fp32: the number bitsandbytes' dequantization gives, so the matmul
+// multiplies x by exactly dequant(W). Dequantization interleaves the nibbles back into value order (two byte
+// unpacks); the matmul instead takes x split into even and odd positions once per call (split_x), which saves those
+// shuffles in its inner loop: shuffles, not memory, bound a single core here.
 #include <immintrin.h>
 
 #include "nf4_kernels.h"
@@ -39,7 +40,15 @@ inline void store16(void* out, int64_t i, __m512 v, int kind) {
   }
 }
 
-// MR rows of x against output columns [n0, n1): each 32-value chunk of W is decoded once and used MR times.
+// 16 bytes -> the 16 high-nibble values (even positions of the 32) and the 16 low-nibble values (odd positions), each
+// code * scale: one widening and two lookups, against x pre-split the same way (x_split), no interleaving shuffles.
+inline void lookup_split(const uint8_t* p, __m512 table, __m512 scale, __m512& even, __m512& odd) {
+  const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  even = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), table), scale);
+  odd = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(idx, _mm512_set1_epi32(15)), table), scale);
+}
+
+// MR rows of x (split layout) against output columns [n0, n1): each 32-value chunk of W is decoded once, used MR times.
 template <int MR>
 void rows(const NF4& q, const float* x, int64_t K, int64_t N, int64_t n0, int64_t n1, float* y) {
   const __m512 table = _mm512_loadu_ps(q.code);
@@ -51,12 +60,12 @@ void rows(const NF4& q, const float* x, int64_t K, int64_t N, int64_t n0, int64_
     for (int64_t kb = 0; kb < nbk; ++kb) {
       const __m512 scale = _mm512_set1_ps(block_scale(q, n * nbk + kb));
       for (int64_t j = 0; j < bs; j += 32) {
-        __m512 w0, w1;
-        lookup32(p + (kb * bs + j) / 2, table, scale, w0, w1);
+        __m512 we, wo;
+        lookup_split(p + (kb * bs + j) / 2, table, scale, we, wo);
         const float* xk = x + kb * bs + j;
         for (int m = 0; m < MR; ++m) {
-          acc[m][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xk + m * K), acc[m][0]);
-          acc[m][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xk + m * K + 16), acc[m][1]);
+          acc[m][0] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xk + m * K), acc[m][0]);
+          acc[m][1] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xk + m * K + 16), acc[m][1]);
         }
       }
     }

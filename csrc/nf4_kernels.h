@@ -44,7 +44,17 @@ void dequant_avx2(const NF4& q, int64_t b0, int64_t b1, int64_t numel, void* out
 void dequant_avx512(const NF4& q, int64_t b0, int64_t b1, int64_t numel, void* out, int kind);
 
 // y[m, n] = sum_k x[m, k] * W[n, k] for output columns n in [n0, n1); x (M, K), y (M, N), both row-major fp32.
-// Needs K % blocksize == 0 (quantization blocks inside rows).
+// Needs K % blocksize == 0 (quantization blocks inside rows). The vector paths take x in the split layout
+// (split_x): within each 32 values, the 16 at even positions, then the 16 at odd positions, which is the order the
+// high and low nibbles of 16 packed bytes come in; the scalar path takes x as it is.
+static inline void split_x(const float* x, int64_t M, int64_t K, float* out) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < K; c += 32)
+      for (int64_t i = 0; i < 16; ++i) {
+        out[m * K + c + i] = x[m * K + c + 2 * i];
+        out[m * K + c + 16 + i] = x[m * K + c + 2 * i + 1];
+      }
+}
 void linear_scalar(const NF4& q, const float* x, int64_t M, int64_t K, int64_t N, int64_t n0, int64_t n1, float* y);
 void linear_avx2(const NF4& q, const float* x, int64_t M, int64_t K, int64_t N, int64_t n0, int64_t n1, float* y);
 void linear_avx512(const NF4& q, const float* x, int64_t M, int64_t K, int64_t N, int64_t n0, int64_t n1, float* y);

@@ -157,7 +157,12 @@ at::Tensor nf4_linear(const at::Tensor& x, const at::Tensor& packed, const at::T
     return at::matmul(x2, w.t()).view(out_shape);
   }
   at::Tensor y = at::empty({M, n}, x.options());
-  const float* xp = x2.data_ptr<float>();
+  at::Tensor xs = x2;
+  if (level != SCALAR) {  // K % blocksize == 0 here, so K is a multiple of 32
+    xs = at::empty({M, k}, x.options());
+    split_x(x2.data_ptr<float>(), M, k, xs.data_ptr<float>());
+  }
+  const float* xp = xs.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const int64_t grain = 1 + 65536 / k;  // ~64k weights per task
   at::parallel_for(0, n, grain, [&](int64_t n0, int64_t n1) {
