@@ -287,6 +287,9 @@ def test_costly_backend_calls_are_refused():
     prec = decimal.getcontext().prec
     b.execute_one("square_root(number=2, precision=50)")
     assert decimal.getcontext().prec == prec  # upstream's square_root sets the global precision; not ours
+    assert len(decode_execute("[" + "pwd(), " * 1000 + "]")) == 1000
+    with pytest.raises(ValueError, match="more than 1000 calls"):
+        decode_execute("[" + "pwd(), " * 1001 + "]")
 
 
 def test_saved_results_round_trip_and_bad_shapes(items, tmp_path):

@@ -16,7 +16,8 @@ The backends (file system, math, messages, posting, tickets, trading, travel, ve
 
 Bounds the official executor lacks (a scorer's input is adversarial): integer powers and decimal precision that
 would take seconds are refused with an error result, each call runs in its own decimal context (upstream's
-`square_root` sets the thread's global precision), and values deeper than 100 levels fail to decode.
+`square_root` sets the thread's global precision), values deeper than 100 levels and steps of more than 1,000
+calls fail to decode.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from coalm.eval.bfcl.decode import decode_ast, is_call_list
 # Upstream refuses these names before its `eval` (they are not backend methods in any case).
 _BLOCKED = ("kill", "exit", "quit", "remove", "unlink", "popen", "Popen", "run")
 _MAX_DEPTH = 100
+MAX_CALLS = 1000  # calls in one step (a bound upstream lacks: each one runs on the live instances)
 _MAX_BITS = 100_000
 
 
@@ -188,5 +190,7 @@ def decode_execute(text) -> list[str]:
     decoded = decode_ast(text, "Python")
     if not is_call_list(decoded):
         raise ValueError("not a list of function calls")
+    if len(decoded) > MAX_CALLS:
+        raise ValueError(f"more than {MAX_CALLS} calls in one step")
     return [f"{name}({', '.join(f'{k}={_render(v)}' for k, v in args.items())})"
             for call in decoded for name, args in call.items()]
