@@ -38,13 +38,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def server(args: list[str], timeout: float = 300.0, env: dict | None = None, log_dir: str | None = None):
+def server(args: list[str], timeout: float = 300.0, env: dict | None = None, log_dir: str | None = None,
+           launcher: list[str] | None = None):
+    """`launcher`: what runs `-m engine.serve` (default this Python; e.g. torchrun's command for --tp)."""
     env = dict(os.environ if env is None else env)
     env.pop("TRITON_INTERPRET", None)  # the server must run the engine's normal CPU paths, not Triton's interpreter
     d = Path(log_dir or tempfile.mkdtemp(prefix="engine-serve-"))
     log_path = d / "server.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "engine.serve", "--port", "0", *args], stdout=log,
+        proc = subprocess.Popen([*(launcher or [sys.executable]), "-m", "engine.serve", "--port", "0", *args], stdout=log,
                                 stderr=subprocess.STDOUT, env=env)
     try:
         deadline, url = time.monotonic() + timeout, None
