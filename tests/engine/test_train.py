@@ -156,7 +156,8 @@ def test_smollm2_qlora_steps_produce_a_working_adapter(tmp_path):
 
 def test_full_finetune_saves_a_loadable_checkpoint_and_merge_cli(tmp_path):
     """--full writes an HF checkpoint that transformers loads with the same logits; `engine.merge` folds a LoRA
-    adapter into a checkpoint whose logits equal the adapter applied at load time."""
+    adapter into a checkpoint whose logits equal the adapter applied at load time; both folders carry their
+    tokenizer; a checkpoint's adapter/ loads in PEFT with the same logits."""
     import engine
 
     transformers = pytest.importorskip("transformers")
@@ -181,6 +182,19 @@ def test_full_finetune_saves_a_loadable_checkpoint_and_merge_cli(tmp_path):
         a, b = with_adapter(x), merged(x)
     assert (a - b).abs().max() / a.abs().max() < 1e-5
     assert not torch.equal(a, ours(x))  # the adapter did change the model
+
+    # Self-contained folders, and adapters that PEFT loads by themselves (the base named by its absolute path).
+    tokenizer_files = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"}
+    for d in (tmp_path / "full" / "model", tmp_path / "merged"):
+        assert tokenizer_files <= {p.name for p in d.iterdir()}, d
+    step_adapter = tmp_path / "lora" / "checkpoints" / "step-2" / "adapter"
+    base = json.loads((step_adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str((tmp_path / "full" / "model").resolve())
+    peft = pytest.importorskip("peft")
+    pm = peft.AutoPeftModelForCausalLM.from_pretrained(step_adapter, dtype=torch.float32).eval()
+    with torch.no_grad():
+        c = pm(x).logits
+    assert (a - c).abs().max() / a.abs().max() < 1e-4
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
