@@ -324,3 +324,16 @@ def test_saved_results_round_trip_and_bad_shapes(items, tmp_path):
     f.write_text(json.dumps({"id": ex["id"], "result": [[]] * (len(ex["answer"]) + 1)}) + "\n")
     with pytest.raises(EvalError, match=f"bad.jsonl:1: {len(ex['answer']) + 1} turns"):
         bfcl.evaluate([ex], bfcl.read_responses(f))
+
+
+def test_task_generate_hook_mixes_single_and_multi_turn(items):
+    single = bfcl.load_examples(ROOT, types.SimpleNamespace(category="simple", per_category_limit=3))
+    mixed = single + items[:1]
+    model = ScriptedModel(lambda conv: CHAT)
+    saves = []
+    args = types.SimpleNamespace(max_new_tokens=8, batch_size=2)
+    out = bfcl.generate(mixed, model, args, lambda done, resp: saves.append((len(done), len(resp))))
+    assert set(out) == {ex["id"] for ex in mixed}
+    assert [out[ex["id"]] for ex in single] == [CHAT] * 3
+    assert out[items[0]["id"]] == [[CHAT]] * len(items[0]["answer"])
+    assert model.batches[:2] == [2, 1] and saves[:2] == [(2, 2), (3, 3)] and saves[-1] == (4, 4)

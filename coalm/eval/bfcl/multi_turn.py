@@ -153,7 +153,11 @@ def generate(examples: list[dict], backend, args, save=None) -> dict:
     import coalm.eval.bfcl as task  # the package's responses_from_texts (prompt styles may wrap it)
 
     max_new = getattr(args, "max_new_tokens", 256)
-    chunk = max(1, getattr(args, "batch_size", 8) or 8)
+    # As the CLI's one-shot loop: what one backend call should take (a DP backend splits it over its replicas).
+    chunk = getattr(backend, "per_call", None)
+    if not chunk:
+        chunk = getattr(args, "concurrency", 4) if getattr(args, "base_url", None) else getattr(args, "batch_size", 8)
+    chunk = max(1, int(chunk or 1))
     single = [ex for ex in examples if "turns" not in ex]
     multi = [ex for ex in examples if "turns" in ex]
     responses: dict = {}
