@@ -200,3 +200,18 @@ def merge_states(turns: list[dict | None]) -> list[dict]:
             state = {**state, **s}
         out.append(dict(state))
     return out
+
+
+def multiwoz_responses(examples: list[dict], texts: list[str]) -> dict:
+    """MultiWOZ DST responses {id: {"response", "state", "raw", "parse_error"}}; `examples` in turn order per
+    dialogue (as loaded), so each turn's state merges the answers of the dialogue's earlier turns."""
+    out, states = {}, {}
+    for ex, text in zip(examples, texts):
+        try:
+            turn, err = multiwoz_turn_state(text), False
+        except HandlerError:
+            turn, err = None, True
+        state = {**states.get(ex["dialogue_id"], {}), **(turn or {})}
+        states[ex["dialogue_id"]] = state
+        out[ex["id"]] = {"response": "", "state": state, "raw": text, "parse_error": err}
+    return out

@@ -35,6 +35,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from coalm.eval import handlers
 from coalm.eval.base import EvalError, benchmark_dir, clip
 from coalm.eval.multiwoz_norm import (  # noqa: F401 - re-exported: the module's public names
     EMPTY_VALUES,
@@ -157,6 +158,7 @@ def _response_messages(log, t):
 def load_examples(data_root, args=None) -> list[dict]:
     folder = benchmark_dir(data_root, "multiwoz")
     task = getattr(args, "multiwoz_task", "dst")
+    style = handlers.style(args)  # "coalm": DST in the CoALM-IT format (coalm.eval.handlers)
     if task not in TASKS:
         raise EvalError(f"unknown MultiWOZ task {task!r}; choose one of {', '.join(TASKS)}")
     name = getattr(args, "multiwoz_file", DEFAULT_FILE)
@@ -186,9 +188,11 @@ def load_examples(data_root, args=None) -> list[dict]:
         for t in range(n_sys):
             sys_turn = log[2 * t + 1]
             msgs = _dst_messages(log, t) if task == "dst" else _response_messages(log, t)
+            if style == "coalm" and task == "dst":
+                msgs = handlers.multiwoz_messages(log, t, ONTOLOGY)
             examples.append({
                 "id": f"{did}:{t}", "dialogue_id": did, "turn": t, "task": task, "data_version": version,
-                "messages": msgs, "gold_state": gold_state(sys_turn.get("metadata", {})),
+                "style": style, "messages": msgs, "gold_state": gold_state(sys_turn.get("metadata", {})),
                 "gold_response": sys_turn["text"], "gold_response_delex": delexicalize(sys_turn),
                 "goal": goal, "booked_domains": booked_d[t] if t < len(booked_d) else [],
                 "db_dir": str(folder / "mwzeval_database"),
@@ -252,6 +256,8 @@ def responses_from_texts(examples, texts) -> dict:
     """texts[i] belongs to examples[i]; a shorter list (a run still generating) covers the first examples."""
     if len(texts) > len(examples):
         raise EvalError(f"{len(texts)} generated texts for {len(examples)} examples")
+    if examples and examples[0].get("style") == "coalm" and examples[0]["task"] == "dst":
+        return handlers.multiwoz_responses(examples, texts)  # per-turn domain states merged along each dialogue
     out = {}
     for ex, text in zip(examples, texts):
         if ex["task"] == "dst":

@@ -1,0 +1,251 @@
+"""The CoALM suite: BFCL, API-Bank and MultiWOZ in one command and one scorecard, base vs adapter.
+
+    python -m coalm.eval --suite coalm --model smollm2-135m --adapter runs/agent/train/adapter --prompt-style coalm
+    python -m coalm.eval --suite coalm --model smollm2-135m --limit-per-bench 10 --out reports/suite-smoke
+
+Parts (each through its benchmark module, scored by its own checker):
+- BFCL V3 non-live AST (simple, multiple, parallel, parallel_multiple; "non_live_ast" is their mean), irrelevance,
+  live_simple: accuracy, the first `--bfcl-limit` items of each category;
+- API-Bank level 1: call accuracy ("rate") on the first `--apibank-limit` call samples, Rouge-L on the first
+  `--apibank-limit` response samples;
+- MultiWOZ DST: joint goal accuracy (exact state match, TRADE's rule; the fuzzy mwzeval-style number is kept in
+  scorecard.json) on every turn of the first `--multiwoz-dialogues` test dialogues of the shared quick subset
+  (`quick_subset200_ids.txt`; all 900 for more than 200).
+`--limit-per-bench N` sets all three limits. With `--adapter` the base model is scored first, then the adapter.
+
+Outputs in `--out`: scorecard.json, scorecard.md (a table), scorecard.png (bars, when matplotlib is installed) and
+cache/<model>/<style>/<bench>.jsonl, one generated text per item, appended as it is made: a run that is stopped
+and started again with the same flags generates only the items not yet cached. An adapter trained on another base
+model is refused before anything is generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from coalm.eval import get_task, handlers
+from coalm.eval.base import EvalError, write_report
+from coalm.paths import data_root
+
+BFCL_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple")
+NON_LIVE_AST = ("simple", "multiple", "parallel", "parallel_multiple")
+# Output budgets per part, in tokens: calls are short JSON/Python lists, a DST state a short object.
+MAX_NEW_TOKENS = {"bfcl": 128, "api-bank:api_call": 96, "api-bank:response": 64, "multiwoz": 96}
+COLUMNS = [("bfcl.non_live_ast", "BFCL non-live AST"), ("bfcl.irrelevance", "BFCL irrelevance"),
+           ("bfcl.live_simple", "BFCL live_simple"), ("api_bank.call_accuracy", "API-Bank L1 calls"),
+           ("api_bank.rouge_l", "API-Bank L1 Rouge-L"), ("multiwoz.jga", "MultiWOZ JGA")]
+
+
+def parse_args(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m coalm.eval --suite coalm", description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", required=True, choices=["coalm"])
+    p.add_argument("--model", required=True, help="preset name, HF checkpoint dir or .gguf file")
+    p.add_argument("--adapter", default=None, help="LoRA adapter dir: scored after the base model")
+    p.add_argument("--prompt-style", default="official", choices=list(handlers.STYLES))
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", default=None, help="output folder (default: reports/suite-<style>-<timestamp>)")
+    p.add_argument("--limit-per-bench", type=int, default=None, help="sets the three limits below")
+    p.add_argument("--bfcl-limit", type=int, default=50, help="items per BFCL category")
+    p.add_argument("--apibank-limit", type=int, default=60, help="API-Bank level-1 call samples, and response samples")
+    p.add_argument("--multiwoz-dialogues", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=8)
+    a = p.parse_args(argv)
+    if a.limit_per_bench is not None:
+        a.bfcl_limit = a.apibank_limit = a.multiwoz_dialogues = a.limit_per_bench
+    for name in ("bfcl_limit", "apibank_limit", "multiwoz_dialogues", "batch_size"):
+        if getattr(a, name) < 1:
+            raise EvalError(f"--{name.replace('_', '-')} must be >= 1")
+    return a
+
+
+def check_adapter(model: str, adapter: str) -> None:
+    """Refuse an adapter whose adapter_config.json names another base model."""
+    cfg_path = Path(adapter) / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise EvalError(f"--adapter {adapter}: no adapter_config.json there")
+    try:
+        base = json.loads(cfg_path.read_text()).get("base_model_name_or_path")
+    except json.JSONDecodeError as e:
+        raise EvalError(f"{cfg_path}: not JSON ({e.msg})") from None
+    from engine.hub import portable_name
+
+    if base and portable_name(base) != portable_name(model):
+        raise EvalError(f"--adapter {adapter} was trained on {base!r}, not on --model {model!r} "
+                        f"({portable_name(model)}); pass --model {base}")
+
+
+# ---------------------------------------------------------------- the three parts
+
+def load_parts(a) -> dict[str, list[dict]]:
+    """{part: examples}; a part is one benchmark, or one kind of API-Bank sample (they differ in output budget)."""
+    root = data_root(a.data_root)
+    ns = {"prompt_style": a.prompt_style}
+    bfcl = get_task("bfcl").load_examples(root, argparse.Namespace(
+        category=",".join(BFCL_CATEGORIES), per_category_limit=a.bfcl_limit, **ns))
+    api = get_task("api-bank").load_examples(root, argparse.Namespace(
+        apibank_levels="1", apibank_kinds="api_call,response", **ns))
+    # the first N dialogues of the shared quick subset (200 test dialogues; loading all 900 costs half a minute)
+    mwz_all = get_task("multiwoz").load_examples(root, argparse.Namespace(
+        multiwoz_task="dst", multiwoz_file="mwz21_test_shared900.json", multiwoz_version=None,
+        multiwoz_subset="quick" if a.multiwoz_dialogues <= 200 else "all", **ns))
+    keep = list(dict.fromkeys(ex["dialogue_id"] for ex in mwz_all))[: a.multiwoz_dialogues]
+    parts = {
+        "bfcl": bfcl,
+        "api-bank:api_call": [ex for ex in api if ex["kind"] == "api_call"][: a.apibank_limit],
+        "api-bank:response": [ex for ex in api if ex["kind"] == "response"][: a.apibank_limit],
+        "multiwoz": [ex for ex in mwz_all if ex["dialogue_id"] in set(keep)],
+    }
+    for name, exs in parts.items():
+        off = [ex["id"] for ex in exs if ex.get("style", "official") != a.prompt_style]
+        if off:
+            raise EvalError(f"{name}: the benchmark module does not build --prompt-style {a.prompt_style} prompts "
+                            f"(e.g. item {off[0]})")
+    return parts
+
+
+def _cache_path(out: Path, model_tag: str, style: str, part: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_tag)
+    return out / "cache" / safe / style / (part.replace(":", "-") + ".jsonl")
+
+
+def generate_cached(backend_factory, parts, out: Path, model_tag: str, style: str, batch_size: int) -> dict:
+    """{part: {id: text}}; cached texts are reused, the rest generated (longest prompts first, similar lengths
+    batched together) and appended to the cache after every batch."""
+    from tqdm import tqdm
+
+    texts_by_part, backend = {}, None
+    for part, exs in parts.items():
+        path = _cache_path(out, model_tag, style, part)
+        done = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    done[row["id"]] = row["text"]
+        todo = sorted((ex for ex in exs if ex["id"] not in done),
+                      key=lambda ex: -sum(len(m["content"]) for m in ex["messages"]))
+        if todo:
+            backend = backend or backend_factory()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            bar = tqdm(total=len(exs), initial=len(exs) - len(todo), desc=f"{model_tag} {style} {part}", unit="ex")
+            with open(path, "a", encoding="utf-8") as f:
+                for i in range(0, len(todo), batch_size):
+                    batch = todo[i:i + batch_size]
+                    outs = backend.chat([ex["messages"] for ex in batch], max_new_tokens=MAX_NEW_TOKENS[part])
+                    for ex, text in zip(batch, outs):
+                        done[ex["id"]] = text
+                        f.write(json.dumps({"id": ex["id"], "text": text}, ensure_ascii=False) + "\n")
+                    f.flush()
+                    bar.update(len(batch))
+            bar.close()
+        texts_by_part[part] = done
+    return texts_by_part
+
+
+def score(parts, texts_by_part) -> dict:
+    """The scorecard's numbers for one model, from each benchmark's own evaluate()."""
+    out = {}
+    exs = parts["bfcl"]
+    bfcl = get_task("bfcl")
+    rep = bfcl.evaluate(exs, bfcl.responses_from_texts(exs, [texts_by_part["bfcl"][ex["id"]] for ex in exs]))
+    acc = {c: v["accuracy"] for c, v in rep["summary"]["categories"].items()}
+    out["bfcl"] = {**acc, "non_live_ast": sum(acc[c] for c in NON_LIVE_AST) / len(NON_LIVE_AST),
+                   "n": {c: v["total"] for c, v in rep["summary"]["categories"].items()}}
+    api = get_task("api-bank")
+    exs = parts["api-bank:api_call"] + parts["api-bank:response"]
+    texts = [texts_by_part[f"api-bank:{ex['kind']}"][ex["id"]] for ex in exs]
+    lvl = api.evaluate(exs, api.responses_from_texts(exs, texts))["summary"]["levels"]["level-1"]
+    out["api_bank"] = {"call_accuracy": lvl["rate"], "rouge_l": lvl["rouge_l"], "n_calls": lvl["api_calls"],
+                       "n_responses": lvl["response_samples"]}
+    mwz = get_task("multiwoz")
+    exs = parts["multiwoz"]
+    s = mwz.evaluate(exs, mwz.responses_from_texts(exs, [texts_by_part["multiwoz"][ex["id"]] for ex in exs]))["summary"]
+    # JGA as TRADE and the CoALM paper count it: the exact (domain, slot, value) set of the turn
+    out["multiwoz"] = {"jga": s.get("jga_strict", s.get("jga")), "jga_fuzzy": s.get("jga_fuzzy"), "turns": s["turns"],
+                       "dialogues": s["dialogues"], "data_version": s["data_version"]}
+    return out
+
+
+# ---------------------------------------------------------------- the scorecard
+
+def _get(scores: dict, key: str):
+    bench, metric = key.split(".")
+    return scores[bench][metric]
+
+
+def markdown(card: dict) -> str:
+    models = list(card["models"])
+    head = "| metric | " + " | ".join(models) + " |\n|---|" + "---:|" * len(models)
+    rows = [f"| {label} | " + " | ".join(f"{100 * _get(card['models'][m], key):.1f}" for m in models) + " |"
+            for key, label in COLUMNS]
+    m0 = card["models"][models[0]]
+    note = (f"\nprompt style: {card['prompt_style']}; BFCL items per category: {m0['bfcl']['n']}; API-Bank level-1 "
+            f"{m0['api_bank']['n_calls']} call / {m0['api_bank']['n_responses']} response samples; MultiWOZ "
+            f"{m0['multiwoz']['dialogues']} dialogues ({m0['multiwoz']['turns']} turns, data "
+            f"{m0['multiwoz']['data_version']}). Numbers are percentages (Rouge-L x 100).")
+    return "\n".join([head, *rows]) + "\n" + note + "\n"
+
+
+def plot(card: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib is not installed: no scorecard.png; pip install matplotlib)", file=sys.stderr)
+        return False
+    models = list(card["models"])
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        vals = [100 * _get(card["models"][m], key) for key, _ in COLUMNS]
+        ax.bar([j + i * width for j in range(len(COLUMNS))], vals, width, label=m)
+    ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(COLUMNS))], [c for _, c in COLUMNS],
+                  rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("%")
+    ax.set_title(f"CoALM suite, prompt style {card['prompt_style']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def run(a) -> tuple[dict, Path]:
+    if a.adapter:
+        check_adapter(a.model, a.adapter)
+    out = Path(a.out or f"reports/suite-{a.prompt_style}-{time.strftime('%Y%m%d-%H%M%S')}")
+    parts = load_parts(a)
+    from coalm.eval.backends import LocalBackend
+
+    runs = [("base", None)] + ([("adapter", a.adapter)] if a.adapter else [])
+    card = {"suite": "coalm", "prompt_style": a.prompt_style, "model": a.model, "adapter": a.adapter,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": {}, "seconds": {}}
+    for label, adapter in runs:
+        tag = a.model if adapter is None else f"{a.model}+{Path(adapter).resolve()}"
+        t0 = time.time()
+        texts = generate_cached(lambda ad=adapter: LocalBackend(a.model, adapter=ad, batch_size=a.batch_size),
+                                parts, out, tag, a.prompt_style, a.batch_size)
+        card["seconds"][label] = round(time.time() - t0, 1)
+        card["models"][label] = score(parts, texts)
+    write_report(card, out / "scorecard.json")
+    (out / "scorecard.md").write_text(markdown(card))
+    plot(card, out / "scorecard.png")
+    return card, out
+
+
+def main(argv=None) -> int:
+    try:
+        a = parse_args(sys.argv[1:] if argv is None else argv)
+        card, out = run(a)
+    except (EvalError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown(card))
+    print(f"scorecard: {out / 'scorecard.json'}")
+    return 0
