@@ -56,14 +56,14 @@ def check_mesh(tp: int, world: int | None = None, local_world: int | None = None
     local_world = local_world or world
     if not isinstance(tp, int) or tp < 1:
         raise MeshError(f"--tp must be a positive integer, got {tp!r}")
+    if tp > 1 and world == 1:
+        raise MeshError(f"--tp {tp} needs {tp} processes: torchrun --nproc_per_node {tp} -m ... --tp {tp}")
     if world % tp:
         raise MeshError(f"world size {world} is not a multiple of --tp {tp}: data parallelism needs world = dp x tp "
                         f"(e.g. torchrun --nproc_per_node {tp * max(1, world // tp)} ... --tp {tp})")
     if local_world % tp:
         raise MeshError(f"--tp {tp} does not divide the {local_world} processes per node: a TP group must stay "
                         f"inside one node (use --tp {local_world} or a divisor of it)")
-    if tp > 1 and world == 1:
-        raise MeshError(f"--tp {tp} needs {tp} processes: torchrun --nproc_per_node {tp} -m ... --tp {tp}")
     return world // tp
 
 

@@ -139,6 +139,8 @@ def test_world_size_that_tp_does_not_divide_is_refused_before_loading(tmp_path, 
     with pytest.raises(MeshError, match="--tp 4 does not divide the 2 processes per node"):
         check_mesh(4, world=8, local_world=2)
     assert check_mesh(4, world=16, local_world=8) == 4
+    with pytest.raises(MeshError, match="--tp 2 needs 2 processes: torchrun --nproc_per_node 2"):
+        check_mesh(2, world=1)
 
 
 def test_one_gpu_for_several_processes_is_refused():
