@@ -73,29 +73,44 @@ inline void lookup_split(const uint8_t* p, const Table& t, __m256 scale, __m256 
   v[3] = _mm256_mul_ps(lut(t, _mm256_and_si256(i1, nib)), scale);  // odd positions 17..31
 }
 
+// S independent accumulator sets take turns chunk by chunk (FMA latency bounds one chain per register); AVX2 has
+// 16 registers, so only for MR <= 2.
 template <int MR>
 void rows(const NF4& q, const float* x, int64_t K, int64_t N, int64_t n0, int64_t n1, float* y) {
+  constexpr int S = MR <= 2 ? 2 : 1;
   const Table t{_mm256_loadu_ps(q.code), _mm256_loadu_ps(q.code + 8)};
   const int64_t bs = q.blocksize, nbk = K / bs;
   for (int64_t n = n0; n < n1; ++n) {
-    __m256 acc[MR][2];
-    for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    __m256 acc[S][MR][2];
+    for (int u = 0; u < S; ++u)
+      for (int m = 0; m < MR; ++m) acc[u][m][0] = acc[u][m][1] = _mm256_setzero_ps();
     const uint8_t* p = q.packed + n * (K / 2);
-    for (int64_t kb = 0; kb < nbk; ++kb) {
-      const __m256 scale = _mm256_set1_ps(block_scale(q, n * nbk + kb));
-      for (int64_t j = 0; j < bs; j += 32) {
-        __m256 w[4];
-        lookup_split(p + (kb * bs + j) / 2, t, scale, w);
-        const float* xk = x + kb * bs + j;  // split layout: 16 even-position values, then 16 odd-position ones
-        for (int m = 0; m < MR; ++m) {
-          acc[m][0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xk + m * K), acc[m][0]);
-          acc[m][1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xk + m * K + 8), acc[m][1]);
-          acc[m][0] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xk + m * K + 16), acc[m][0]);
-          acc[m][1] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xk + m * K + 24), acc[m][1]);
-        }
+    int64_t blk = -1;
+    __m256 scale = _mm256_setzero_ps();
+    auto chunk = [&](int64_t c, int u) __attribute__((always_inline)) {
+      if (c / bs != blk) {
+        blk = c / bs;
+        scale = _mm256_set1_ps(block_scale(q, n * nbk + blk));
       }
+      __m256 w[4];
+      lookup_split(p + c / 2, t, scale, w);
+      const float* xk = x + c;  // split layout: 16 even-position values, then 16 odd-position ones
+      for (int m = 0; m < MR; ++m) {
+        acc[u][m][0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xk + m * K), acc[u][m][0]);
+        acc[u][m][1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xk + m * K + 8), acc[u][m][1]);
+        acc[u][m][0] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xk + m * K + 16), acc[u][m][0]);
+        acc[u][m][1] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xk + m * K + 24), acc[u][m][1]);
+      }
+    };
+    int64_t c = 0;
+    for (; c + 32 * S <= K; c += 32 * S)
+      for (int u = 0; u < S; ++u) chunk(c + 32 * u, u);
+    for (; c < K; c += 32) chunk(c, 0);
+    for (int m = 0; m < MR; ++m) {
+      __m256 s = _mm256_add_ps(acc[0][m][0], acc[0][m][1]);
+      for (int u = 1; u < S; ++u) s = _mm256_add_ps(s, _mm256_add_ps(acc[u][m][0], acc[u][m][1]));
+      y[m * N + n] = hsum(s);
     }
-    for (int m = 0; m < MR; ++m) y[m * N + n] = hsum(_mm256_add_ps(acc[m][0], acc[m][1]));
   }
 }
 

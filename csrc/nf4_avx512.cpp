@@ -49,27 +49,41 @@ inline void lookup_split(const uint8_t* p, __m512 table, __m512 scale, __m512& e
 }
 
 // MR rows of x (split layout) against output columns [n0, n1): each 32-value chunk of W is decoded once, used MR times.
+// S independent accumulator sets take turns chunk by chunk: with few rows the FMA latency, not throughput, would
+// bound the loop on one chain per register.
 template <int MR>
 void rows(const NF4& q, const float* x, int64_t K, int64_t N, int64_t n0, int64_t n1, float* y) {
+  constexpr int S = MR <= 4 ? 2 : 1;
   const __m512 table = _mm512_loadu_ps(q.code);
   const int64_t bs = q.blocksize, nbk = K / bs;
   for (int64_t n = n0; n < n1; ++n) {
-    __m512 acc[MR][2];
-    for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+    __m512 acc[S][MR][2];
+    for (int u = 0; u < S; ++u)
+      for (int m = 0; m < MR; ++m) acc[u][m][0] = acc[u][m][1] = _mm512_setzero_ps();
     const uint8_t* p = q.packed + n * (K / 2);
-    for (int64_t kb = 0; kb < nbk; ++kb) {
-      const __m512 scale = _mm512_set1_ps(block_scale(q, n * nbk + kb));
-      for (int64_t j = 0; j < bs; j += 32) {
-        __m512 we, wo;
-        lookup_split(p + (kb * bs + j) / 2, table, scale, we, wo);
-        const float* xk = x + kb * bs + j;
-        for (int m = 0; m < MR; ++m) {
-          acc[m][0] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xk + m * K), acc[m][0]);
-          acc[m][1] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xk + m * K + 16), acc[m][1]);
-        }
+    int64_t blk = -1;
+    __m512 scale = _mm512_setzero_ps();
+    auto chunk = [&](int64_t c, int u) __attribute__((always_inline)) {
+      if (c / bs != blk) {
+        blk = c / bs;
+        scale = _mm512_set1_ps(block_scale(q, n * nbk + blk));
       }
+      __m512 we, wo;
+      lookup_split(p + c / 2, table, scale, we, wo);
+      for (int m = 0; m < MR; ++m) {
+        acc[u][m][0] = _mm512_fmadd_ps(we, _mm512_loadu_ps(x + m * K + c), acc[u][m][0]);
+        acc[u][m][1] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(x + m * K + c + 16), acc[u][m][1]);
+      }
+    };
+    int64_t c = 0;
+    for (; c + 32 * S <= K; c += 32 * S)
+      for (int u = 0; u < S; ++u) chunk(c + 32 * u, u);
+    for (; c < K; c += 32) chunk(c, 0);
+    for (int m = 0; m < MR; ++m) {
+      __m512 t = _mm512_add_ps(acc[0][m][0], acc[0][m][1]);
+      for (int u = 1; u < S; ++u) t = _mm512_add_ps(t, _mm512_add_ps(acc[u][m][0], acc[u][m][1]));
+      y[m * N + n] = _mm512_reduce_add_ps(t);
     }
-    for (int m = 0; m < MR; ++m) y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]));
   }
 }
 
