@@ -2,6 +2,7 @@
 keeps input order with requests in flight, and endpoint failures are one-line errors."""
 
 import json
+import os
 
 import pytest
 
@@ -17,7 +18,7 @@ ITEMS = ["--bench", "bfcl", "--category", "simple", "--limit", "3", "--max-new-t
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
     with launch.server(["--model", MODEL, "--served-model-name", "coalm-smol", "--api-key", "k"],
-                       log_dir=str(tmp_path_factory.mktemp("serve"))) as s:
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), log_dir=str(tmp_path_factory.mktemp("serve"))) as s:
         yield s
 
 

@@ -7,6 +7,7 @@ One server per module (started once, with an API key and a 512-token context so 
 """
 
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,7 +26,9 @@ CTX = 512
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
     args = ["--model", MODEL, "--api-key", KEY, "--max-model-len", str(CTX), "--max-batch", "8"]
-    with launch.server(args, log_dir=str(tmp_path_factory.mktemp("serve"))) as s:
+    # one OpenMP thread: under pytest -n 2 a two-thread server would fight the workers for the two cores
+    with launch.server(args, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       log_dir=str(tmp_path_factory.mktemp("serve"))) as s:
         yield s
 
 
