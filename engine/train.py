@@ -13,7 +13,8 @@ A batch counts rows (examples), as the paper does: --global-batch-size rows make
 --micro-batch-size of them go through the model at once, packed into one padding-free row whose attention never
 crosses examples (varlen attention on cu_seqlens). Rows longer than --max-seq-len are cut from the left of the
 prompt, never in the target.
-Outputs in --out: adapter/ (PEFT format), metrics.jsonl, loss.png, config.yaml, checkpoints/step-N/.
+Outputs in --out: adapter/ (PEFT format), metrics.jsonl, loss.png, config.yaml, checkpoints/step-N/ (each with a
+PEFT adapter/), best.json with --val-frac/--val-data, tensorboard/ or wandb/ with --log; --full writes model/.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ Each module exposes the same small interface (see `coalm.eval.base`):
                                         the model's texts, `save(done_examples, responses)` checkpoints them
 """
 
+# In code: `coalm.eval.evaluate("bfcl", "report.json", model="smollm2-135m", limit=8)` runs one benchmark as the CLI
+# does and returns its report (the demo scores through it).
 import contextlib
 import importlib
 import io
