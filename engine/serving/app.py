@@ -93,7 +93,13 @@ def create_app(state: ServerState) -> FastAPI:
             else Assembler()
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        seq = Sequence(ids, params, lambda d, f: loop.call_soon_threadsafe(events.put_nowait, (d, f)), text)
+        def on_event(delta, finish):  # called from the scheduler thread
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, (delta, finish))
+            except RuntimeError:  # the event loop is gone (server shutting down): nobody is listening
+                pass
+
+        seq = Sequence(ids, params, on_event, text)
         state.scheduler.submit(seq)
         rid = new_id("chatcmpl")
         if req.stream:
