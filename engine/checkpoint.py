@@ -44,7 +44,7 @@ def _save_adapter(model, cfg, directory: Path):
     """The PEFT adapter of a LoRA/QLoRA run (under TP a collective: every rank calls it)."""
     from .hub import portable_name
 
-    base = portable_name(cfg.model)
+    base, _, revision = portable_name(cfg.model).partition("@")  # PEFT takes the revision as its own key
     if cfg.tp > 1:
         from .parallel import save_adapter_parallel
 
@@ -53,6 +53,11 @@ def _save_adapter(model, cfg, directory: Path):
         from .lora import save_adapter
 
         save_adapter(model, directory, base_model=base)
+    if revision and is_rank0():
+        import json
+
+        path = Path(directory) / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "revision": revision}, indent=1))
 
 
 def _best_checkpoint(out: Path) -> str | None:

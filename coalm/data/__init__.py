@@ -1,7 +1,11 @@
-"""CoALM-IT data: loaders, builders for the three formats, chat rendering with loss masks, packing.
+"""CoALM-IT data: loaders, builders for the three formats, chat rendering with loss masks, batching.
 
-    rows = coalm.data.load("sample")                      # or "sample-eval", or a .jsonl / .parquet path
-    batches, stats = coalm.data.build_batches(rows, tok, max_seq_len=2048)
+    rows, val_rows = coalm.data.load_train_val(["sample"], val_frac=0.05)   # or .jsonl / .parquet paths
+    batches = coalm.data.StepBatches.from_rows(rows, tok, max_seq_len=2048, global_batch_size=8, micro_batch_size=8)
+    for micro in batches.step(0): ...                     # what engine.train feeds the model at step 0
+
+`pack` / `build_batches` (first-fit-decreasing buckets) measure packing efficiency for `python -m coalm.data stats`;
+training batches come from `StepBatches` alone.
 
 CLI: `python -m coalm.data build|stats|show|sample|download` (see `__main__.py`).
 """

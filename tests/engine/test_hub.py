@@ -75,6 +75,20 @@ def test_train_refuses_weights_that_are_not_the_preset(hub_cache, tmp_path, caps
     assert "are not a llama-3.1-8b: dim 128 (preset: 4096)" in capsys.readouterr().err
 
 
+def test_adapter_trained_on_a_hub_id_names_it(hub_cache, tmp_path):
+    from engine.train import parse_config, train
+
+    model, tok = engine.load("debug", random_init=True, dtype=torch.float32, device="cpu")
+    _cache_repo(hub_cache, "acme/tiny-llama", model=(model, tok))
+    out = tmp_path / "run"
+    train(parse_config(["--model", f"acme/tiny-llama@{COMMIT}", "--lora", "--lora-rank", "2", "--steps", "1",
+                        "--global-batch-size", "2", "--micro-batch-size", "2", "--max-seq-len", "128",
+                        "--out", str(out)]))
+    for d in (out / "adapter", out / "checkpoints" / "step-1" / "adapter"):
+        cfg = json.loads((d / "adapter_config.json").read_text())
+        assert (cfg["base_model_name_or_path"], cfg["revision"]) == ("acme/tiny-llama", COMMIT)
+
+
 def test_coalm_data_download_reads_the_dataset_from_the_cache(hub_cache, capsys):
     from coalm.data.__main__ import main
 
