@@ -109,6 +109,8 @@ def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None,
     if quantize is not None:  # NF4 base weights; the adapter, if any, is applied there on the NF4 base
         from .quantize import quantize_model
 
+        sd = None  # drop the loaded full-precision tensors first: RSS then falls to the NF4 model's
+
         if adapter is not None and shard is not None:  # this TP rank's part of the adapter, on its NF4 shards
             from .lora import load_adapter
 

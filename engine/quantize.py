@@ -17,6 +17,9 @@ Triton QLoRA kernel (`kernels.lora_matmul.lora_linear`) with a zero rank-1 updat
 
 from __future__ import annotations
 
+import ctypes
+import gc
+
 import torch
 from torch import nn
 
@@ -78,4 +81,16 @@ def quantize_model(model, method: str = "nf4", adapter=None):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
                     setattr(module, name, NF4Linear(child))
+    _release_freed_memory()
     return model.eval().requires_grad_(False)
+
+
+def _release_freed_memory():
+    """Hand the freed full-precision weights back to the OS. They were few-MB blocks of glibc's heap, which free()
+    keeps for reuse: without this, RSS after quantizing SmolLM2 stayed at the fp32 model's (measured: 1078 MB before,
+    620 MB after the trim)."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc only
+    except (OSError, AttributeError):
+        pass
