@@ -16,6 +16,7 @@ Bandwidth: a copy of COPY_MB measured in the same run gives B = (bytes read + wr
 B / (weight bytes read per token): the NF4 linears (codes + 8-bit absmax + absmax2) plus the fp32 lm_head, which
 dominates for this model. Reported: our decode as a fraction of that bound, and of the NF4-bytes-only bound.
 Prefill: a 512-token prompt (batch 1), ours NF4 against our fp32 path. Memory: RSS after loading, in a fresh process.
+Each decode row also carries the ratio of thread CPU time per step (`cpu_ratio`), printed beside the wall ratio.
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ def _weight_bytes(nf4_model) -> tuple[int, int]:
     return q, nf4_model.lm_head.weight.numel() * nf4_model.lm_head.weight.element_size()
 
 
+def _cpu_step(run_n, run_1) -> float:
+    """CPU seconds of this thread per decode step (one run each): on a shared box the wall clock also counts the time
+    slices other processes took, the thread's CPU time does not."""
+    import time
+
+    t0 = time.thread_time()
+    run_n()
+    t1 = time.thread_time()
+    run_1()
+    return ((t1 - t0) - (time.thread_time() - t1)) / (NEW - 1)
+
+
 def _copy_bandwidth() -> float:
     src = torch.ones(COPY_MB << 20, dtype=torch.uint8)
     dst = torch.empty_like(src)
@@ -104,6 +117,7 @@ def test_nf4_decode(benchmark, report, models, batch):
 
     benchmark.pedantic(ours_n, rounds=ROUNDS, warmup_rounds=0)
     step = (benchmark.stats.stats.median - median_time(ours_1, warmup=0, iters=ROUNDS + 1)) / (NEW - 1)
+    cpu_step = _cpu_step(ours_n, ours_1)
     peers = {
         "transformers fp32 generate": (_theirs(m["hf"], ids, NEW, pad), _theirs(m["hf"], ids, 1, pad)),
         "transformers + bitsandbytes Linear4bit nf4": (bnb_n, _theirs(m["hf_bnb"], ids, 1, pad)),
@@ -113,8 +127,11 @@ def test_nf4_decode(benchmark, report, models, batch):
     for peer, (run_n, run_1) in peers.items():
         peer_step = (median_time(run_n, warmup=0, iters=ROUNDS) - median_time(run_1, warmup=0, iters=ROUNDS + 1)) \
             / (NEW - 1)
+        peer_cpu = _cpu_step(run_n, run_1)
+        print(f"\n  b{batch} vs {peer}: wall {peer_step / step:.2f}x, thread CPU time {peer_cpu / cpu_step:.2f}x "
+              f"(ours {batch / cpu_step:.1f} tok/s of CPU time, peer {batch / peer_cpu:.1f})")
         report(name, step, "tokens/s", batch / step, peer=peer, peer_time_s=peer_step, peer_tokens_per_s=batch / peer_step,
-               threads=THREADS)
+               cpu_step_s=cpu_step, peer_cpu_step_s=peer_cpu, cpu_ratio=peer_cpu / cpu_step, threads=THREADS)
     if batch == 1:
         bw = _copy_bandwidth()
         q_bytes, other = _weight_bytes(m["nf4"])
