@@ -15,18 +15,14 @@ MODEL = "smollm2-135m"
 ITEMS = ["--bench", "bfcl", "--category", "simple", "--limit", "3", "--max-new-tokens", "10"]
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
-    with launch.server(["--model", MODEL, "--served-model-name", "coalm-smol", "--api-key", "k"],
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), log_dir=str(tmp_path_factory.mktemp("serve"))) as s:
-        yield s
-
-
-def test_endpoint_report_equals_local_report(srv, tmp_path):
+def test_endpoint_report_equals_local_report(tmp_path):
     local, remote = tmp_path / "local.json", tmp_path / "remote.json"
     assert main(ITEMS + ["--model", MODEL, "--out", str(local)]) == 0
-    assert main(ITEMS + ["--base-url", srv.base_url, "--model-name", "coalm-smol", "--api-key", "k",
-                         "--concurrency", "3", "--out", str(remote)]) == 0
+    # one OpenMP thread: under pytest -n 2 a two-thread server would fight the workers for the two cores
+    with launch.server(["--model", MODEL, "--served-model-name", "coalm-smol", "--api-key", "k"],
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), log_dir=str(tmp_path)) as srv:
+        assert main(ITEMS + ["--base-url", srv.base_url, "--model-name", "coalm-smol", "--api-key", "k",
+                             "--concurrency", "3", "--out", str(remote)]) == 0
     a, b = json.loads(local.read_text()), json.loads(remote.read_text())
     assert len(a["items"]) == 3
     assert a["items"] == b["items"] and a["summary"] == b["summary"]
@@ -34,14 +30,22 @@ def test_endpoint_report_equals_local_report(srv, tmp_path):
     assert ra.read_text() == rb.read_text()  # the raw outputs themselves, in the benchmark's own format
 
 
-def test_backend_order_default_model_and_errors(srv, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "k")
-    backend = EndpointBackend(srv.base_url, concurrency=4)  # model name and key from the server / environment
-    assert backend.model_name == "coalm-smol"
-    convs = [[{"role": "user", "content": f"Repeat the number {i}."}] for i in range(5)]
-    together = backend.chat(convs, max_new_tokens=3)
-    assert together == [backend.chat([c], max_new_tokens=3)[0] for c in convs]
-    with pytest.raises(EvalError, match="answered 401"):
-        EndpointBackend(srv.base_url, model_name="coalm-smol", api_key="wrong").chat(convs[:1], 2)
-    with pytest.raises(EvalError, match="answered 400.*context length"):
-        backend.chat([[{"role": "user", "content": "x " * 9000}]], 2)
+def test_backend_order_default_model_and_errors(tmp_path, monkeypatch):
+    # a scripted model (engine.serve --fake-model) answers each conversation with its own text, so order is checked
+    rules = [{"when": f"the number {i}.", "reply": f"{i} {i} {i}"} for i in range(6)]
+    (tmp_path / "script.json").write_text(json.dumps({"rules": rules}))
+    args = ["--fake-model", str(tmp_path / "script.json"), "--model", MODEL, "--served-model-name", "coalm-smol",
+            "--api-key", "k", "--max-model-len", "256"]
+    with launch.server(args, timeout=120, log_dir=str(tmp_path)) as srv:
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        backend = EndpointBackend(srv.base_url, concurrency=4)  # model name and key from the server / environment
+        assert backend.model_name == "coalm-smol"
+        convs = [[{"role": "user", "content": f"Repeat the number {i}."}] for i in (3, 0, 5, 1, 4, 2)]
+        assert backend.chat(convs, max_new_tokens=8) == [f"{i} {i} {i}" for i in (3, 0, 5, 1, 4, 2)]
+        assert backend.chat(convs, max_new_tokens=2) == [f"{i} {i} " for i in (3, 0, 5, 1, 4, 2)]  # max_tokens sent
+        with pytest.raises(EvalError, match="answered 401"):
+            EndpointBackend(srv.base_url, model_name="coalm-smol", api_key="wrong").chat(convs[:1], 2)
+        with pytest.raises(EvalError, match="answered 400.*context length"):
+            backend.chat([[{"role": "user", "content": "x " * 300}]], 2)
+        with pytest.raises(EvalError, match="answered 404"):
+            EndpointBackend(srv.base_url, model_name="gpt-4", api_key="k").chat(convs[:1], 2)

@@ -1,9 +1,8 @@
 """engine.serve with the embedded SmolLM2 through the real `openai` client: answers equal `engine.generate` on the
 same conversation, streamed chunks equal the whole answer, 8 concurrent clients each get what they get alone
-(and share decoding steps), bad input is a 400 with OpenAI's error body, the API key is enforced, and a client
-that disconnects mid-stream frees its slot.
+(and share decoding steps), and a client that disconnects (mid-stream or while waiting) frees its slot.
 
-One server per module (started once, with an API key and a 512-token context so an over-long prompt is cheap).
+One server per module. The API surface that needs no real model (errors, keys, tools) is in test_serve_api.py.
 """
 
 import json
@@ -18,14 +17,13 @@ import pytest
 import engine
 from engine.serving import launch
 
-KEY = "test-key-123"
 MODEL = "smollm2-135m"
 CTX = 512
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    args = ["--model", MODEL, "--api-key", KEY, "--max-model-len", str(CTX), "--max-batch", "8"]
+    args = ["--model", MODEL, "--max-model-len", str(CTX), "--max-batch", "8"]
     # one OpenMP thread: under pytest -n 2 a two-thread server would fight the workers for the two cores
     with launch.server(args, env=dict(os.environ, OMP_NUM_THREADS="1"),
                        log_dir=str(tmp_path_factory.mktemp("serve"))) as s:
@@ -34,7 +32,7 @@ def srv(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(srv):
-    return openai.OpenAI(base_url=srv.base_url, api_key=KEY, max_retries=0)
+    return openai.OpenAI(base_url=srv.base_url, api_key="-", max_retries=0)
 
 
 def _msgs(q):
@@ -69,8 +67,7 @@ def test_stream_equals_whole_answer(client):
 
 def test_stream_ends_with_done(srv):
     body = {"model": MODEL, "messages": _msgs("Hi"), "max_tokens": 3, "temperature": 0, "stream": True}
-    with httpx.stream("POST", srv.base_url + "/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as r:
+    with httpx.stream("POST", srv.base_url + "/chat/completions", json=body, timeout=120) as r:
         lines = [line for line in r.iter_lines() if line]
     assert r.headers["content-type"].startswith("text/event-stream")
     assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
@@ -97,49 +94,6 @@ def test_concurrent_clients_get_what_they_get_alone(srv, client, smol):
     assert _health(srv)["decode_steps"] - before < sequential_steps
 
 
-@pytest.mark.parametrize("body,param", [
-    (b"{not json", None),
-    (b"[1, 2]", None),
-    ({"model": MODEL, "messages": []}, "messages"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature"),
-    ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [
-        {"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools.0.function.parameters"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": "f"}, "tools"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": CTX}, "messages"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "lorem ipsum " * CTX}]}, "messages"),
-])
-def test_bad_input_is_a_400_and_the_server_stays_up(srv, body, param):
-    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
-    r = httpx.post(srv.base_url + "/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60, **kw)
-    assert r.status_code == 400, r.text
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
-    assert err["param"] == param and err["message"]
-    assert _health(srv)["status"] == "ok"
-
-
-def test_over_context_code_and_openai_error(client):
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=_msgs("lorem ipsum " * CTX), max_tokens=4)
-    assert e.value.code == "context_length_exceeded"
-
-
-def test_api_key_and_models(srv):
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
-        r = httpx.get(srv.base_url + "/models", headers=headers)
-        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
-    with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=srv.base_url, api_key="wrong", max_retries=0).chat.completions.create(
-            model=MODEL, messages=_msgs("hi"), max_tokens=2)
-    models = openai.OpenAI(base_url=srv.base_url, api_key=KEY).models.list()
-    assert [m.id for m in models.data] == [MODEL]
-    with pytest.raises(openai.NotFoundError):
-        openai.OpenAI(base_url=srv.base_url, api_key=KEY, max_retries=0).chat.completions.create(
-            model="gpt-4", messages=_msgs("hi"), max_tokens=2)
-
-
 @pytest.mark.parametrize("stream", [True, False])
 def test_disconnect_frees_the_slot(srv, client, stream):
     msgs = _msgs("Tell me a very long story about a dragon.")
@@ -152,8 +106,7 @@ def test_disconnect_frees_the_slot(srv, client, stream):
         answer.close()
     else:  # the client gives up waiting for the whole answer
         with pytest.raises(httpx.TimeoutException):
-            httpx.post(srv.base_url + "/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=3,
-                       json={"model": MODEL, "messages": msgs, "max_tokens": 400, "temperature": 0})
+            httpx.post(srv.base_url + "/chat/completions", timeout=3, json={"model": MODEL, "messages": msgs, "max_tokens": 400, "temperature": 0})
     deadline = time.monotonic() + 120
     while _health(srv)["running"] and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -1,12 +1,15 @@
-"""engine.serve's tool calling through the real `openai` client: a round trip (call -> tool result -> answer), streamed
-tool calls, a named tool_choice, malformed calls answered as content; the parsers and the LA prompt text.
+"""engine.serve's API surface through the real `openai` client: tool calling (a round trip call -> tool result ->
+answer, streamed calls, a named tool_choice, malformed calls answered as content), bad input as 400s with OpenAI's
+error body, the API key, /v1/models; the parsers and the LA prompt text.
 
 The server runs a scripted model (`--fake-model`): a 135M model cannot be relied on to call a tool, and what is
-tested here is the API surface around the model: templating, parsing, the wire format.
+tested here is the surface around the model: validation, templating, parsing, the wire format. It starts in seconds
+(tokenizer only). Model behaviour (batching, streaming, cancellation) is in test_serve.py.
 """
 
 import json
 
+import httpx
 import openai
 import pytest
 
@@ -14,6 +17,9 @@ from engine.serving import launch
 from engine.serving.templating import la_instruction
 from engine.serving.tool_parsers import LAParser, Llama3JsonParser
 
+KEY = "test-key-123"
+MODEL = "smollm2-135m"
+CTX = 512
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "city name"}},
@@ -33,18 +39,26 @@ RULES = [
 def srv(tmp_path_factory):
     d = tmp_path_factory.mktemp("fake")
     (d / "script.json").write_text(json.dumps({"rules": RULES}))
-    with launch.server(["--fake-model", str(d / "script.json"), "--model", "smollm2-135m"], timeout=120,
-                       log_dir=str(d)) as s:
+    args = ["--fake-model", str(d / "script.json"), "--model", MODEL, "--api-key", KEY, "--max-model-len", str(CTX)]
+    with launch.server(args, timeout=120, log_dir=str(d)) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def client(srv):
-    return openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=srv.base_url, api_key=KEY, max_retries=0)
 
 
 def _ask(client, messages, **kw):
     return client.chat.completions.create(model="smollm2-135m", messages=messages, tools=TOOLS, **kw)
+
+
+def _msgs(q):
+    return [{"role": "user", "content": q}]
+
+
+def _health(srv) -> dict:
+    return httpx.get(srv.url + "/health").json()
 
 
 def test_tool_call_round_trip(client):
@@ -129,3 +143,46 @@ def test_la_instruction_matches_training_format():
                                                                                   "properties": params}}
     assert la_instruction([tool]) == coalm_la([{"name": "forecast", "description": "Weather forecast",
                                                 "parameters": params}])
+
+
+@pytest.mark.parametrize("body,param", [
+    (b"{not json", None),
+    (b"[1, 2]", None),
+    ({"model": MODEL, "messages": []}, "messages"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature"),
+    ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools.0.function.parameters"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": "f"}, "tools"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": CTX}, "messages"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "lorem ipsum " * CTX}]}, "messages"),
+])
+def test_bad_input_is_a_400_and_the_server_stays_up(srv, body, param):
+    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(srv.base_url + "/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60, **kw)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    assert err["param"] == param and err["message"]
+    assert _health(srv)["status"] == "ok"
+
+
+def test_over_context_code_and_openai_error(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=_msgs("lorem ipsum " * CTX), max_tokens=4)
+    assert e.value.code == "context_length_exceeded"
+
+
+def test_api_key_and_models(srv):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        r = httpx.get(srv.base_url + "/models", headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=srv.base_url, api_key="wrong", max_retries=0).chat.completions.create(
+            model=MODEL, messages=_msgs("hi"), max_tokens=2)
+    models = openai.OpenAI(base_url=srv.base_url, api_key=KEY).models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(base_url=srv.base_url, api_key=KEY, max_retries=0).chat.completions.create(
+            model="gpt-4", messages=_msgs("hi"), max_tokens=2)
