@@ -65,7 +65,10 @@ def resolve_source(source) -> str:
     if not is_hub_id(s):
         if "/" in s or "\\" in s or s.endswith(".gguf"):
             raise HubError(f"no such file or directory: {s}")
-        return s  # an unknown preset: the loader names the valid ones
+        from .config import ALIASES, PRESETS
+
+        raise HubError(f"unknown model preset {s!r}, and no such directory; choose one of: "
+                       f"{', '.join(list(PRESETS) + list(ALIASES))}, a local directory, or a Hub id org/name")
     repo, _, rev = s.partition("@")
     return download(repo, rev or None, local_only=None, source=s)
 

@@ -64,6 +64,8 @@ def test_missing_id_offline_is_one_line(hub_cache, capsys):
     assert main(["--model", "runs/absent/model", "--prompt", "hi"]) == 2
     err = capsys.readouterr().err
     assert err == "error: no such file or directory: runs/absent/model\n"
+    assert main(["--model", "absent-model", "--prompt", "hi"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown model preset 'absent-model', and no such directory;")
 
 
 def test_train_refuses_weights_that_are_not_the_preset(hub_cache, tmp_path, capsys):
