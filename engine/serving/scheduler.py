@@ -96,6 +96,7 @@ class Scheduler:
         self.running: list[Sequence] = []  # running[i] occupies cache slot i
         self.last: list[int] = []  # the token each running sequence feeds into the next step
         self._held: Sequence | None = None  # taken from the queue but not admitted yet (prefill budget)
+        self._admitting: list[Sequence] = []
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="engine-serve-scheduler", daemon=True)
         self.steps = 0
@@ -133,9 +134,10 @@ class Scheduler:
                 self._reap()
             except Exception as e:  # a failed step fails its sequences, not the server
                 log.exception("scheduler step failed")
-                for s in self.running:
-                    s.emit(f"{type(e).__name__}: {e}", "error")
-                self.running, self.last = [], []
+                for s in self.running + self._admitting:
+                    if s.finish is None:
+                        s.emit(f"{type(e).__name__}: {e}", "error")
+                self.running, self.last, self._admitting = [], [], []
                 self.runner.reset()
 
     def _take(self, block: bool) -> Sequence | None:
@@ -165,8 +167,10 @@ class Scheduler:
                 self.runner.reset()  # idle: give back cache memory grown for long sequences
             return
         slots = list(range(len(self.running), len(self.running) + len(new)))
+        self._admitting = new  # failed together if the prefill raises
         logits = self.runner.prefill([s.prompt_ids for s in new], slots)
         self.running += new
+        self._admitting = []
         self.last += self._sample(logits, new)
         self._push(slots, new)
 

@@ -100,3 +100,36 @@ def test_seeded_sampling_stop_strings_and_cancel(debug):
     finally:
         sched.shutdown()
     assert gone.finish is None and len(gone.ids) < 200 and sched.stats()["running"] == 0
+
+
+class _FailOnce:
+    """A runner whose first prefill raises (as an out-of-memory would)."""
+
+    def __init__(self, runner):
+        self.runner, self.failed = runner, False
+
+    def prefill(self, prompts, slots):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("boom")
+        return self.runner.prefill(prompts, slots)
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+
+def test_a_failed_step_fails_its_requests_not_the_server(debug):
+    model, tok = debug
+    prompt = torch.randint(0, 49152, (9,), generator=torch.Generator().manual_seed(13)).tolist()
+    sched = Scheduler(_FailOnce(Runner(model, slots=2, max_len=64)), tok, max_batch=2).start()
+    try:
+        first, second = _Collect(), _Collect()
+        s1 = Sequence(prompt, Params(max_tokens=5), first)
+        sched.submit(s1)
+        assert first.done.wait(60) and first.finish == "error" and first.text == "RuntimeError: boom"
+        s2 = Sequence(prompt, Params(max_tokens=5), second)
+        sched.submit(s2)
+        assert second.done.wait(60) and second.finish == "length"
+    finally:
+        sched.shutdown()
+    assert s2.ids == generate_ids(model, [prompt], max_new_tokens=5, stop_ids=tok.stop_ids)[0]
