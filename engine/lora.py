@@ -95,7 +95,7 @@ def apply_lora(model, rank: int = 16, alpha: float = 32, targets=None, dropout: 
     if unknown:
         raise ValueError(f"unknown LoRA targets {sorted(unknown)}; valid: {', '.join(ALL_LINEAR)}")
     model.requires_grad_(False)
-    blocks = list(model.layers) if device is not None else [model]
+    blocks = list(model.layers)  # every target lives in a block; one block at a time also paces the progress bar
     from tqdm import tqdm
 
     from .dist import is_rank0
