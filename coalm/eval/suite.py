@@ -14,7 +14,7 @@ Parts (each through its benchmark module, scored by its own checker):
 `--limit-per-bench N` sets all three limits. With `--adapter` the base model is scored first, then the adapter.
 
 Outputs in `--out`: scorecard.json, scorecard.md (a table), scorecard.png (bars, when matplotlib is installed) and
-cache/<model>/<style>/<bench>.jsonl, one generated text per item, appended as it is made: a run that is stopped
+cache/<model>/<style>/<part>-max<tokens>.jsonl, one generated text per item, appended as it is made: a run that is stopped
 and started again with the same flags generates only the items not yet cached. An adapter trained on another base
 model is refused before anything is generated.
 """
@@ -53,11 +53,18 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--apibank-limit", type=int, default=60, help="API-Bank level-1 call samples, and response samples")
     p.add_argument("--multiwoz-dialogues", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"cap every part's output budget (defaults {MAX_NEW_TOKENS}); a cut answer counts as given")
+    p.add_argument("--skip-base", action="store_true",
+                   help="with --adapter: score only the adapter (e.g. the base model runs in another process on the "
+                        "same --out; a later run without this flag assembles both from the cache)")
     a = p.parse_args(argv)
+    if a.skip_base and not a.adapter:
+        raise EvalError("--skip-base needs --adapter")
     if a.limit_per_bench is not None:
         a.bfcl_limit = a.apibank_limit = a.multiwoz_dialogues = a.limit_per_bench
-    for name in ("bfcl_limit", "apibank_limit", "multiwoz_dialogues", "batch_size"):
-        if getattr(a, name) < 1:
+    for name in ("bfcl_limit", "apibank_limit", "multiwoz_dialogues", "batch_size", "max_new_tokens"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
             raise EvalError(f"--{name.replace('_', '-')} must be >= 1")
     return a
 
@@ -112,14 +119,16 @@ def _cache_path(out: Path, model_tag: str, style: str, part: str) -> Path:
     return out / "cache" / safe / style / (part.replace(":", "-") + ".jsonl")
 
 
-def generate_cached(backend_factory, parts, out: Path, model_tag: str, style: str, batch_size: int) -> dict:
+def generate_cached(backend_factory, parts, out: Path, model_tag: str, style: str, batch_size: int,
+                    cap: int | None = None) -> dict:
     """{part: {id: text}}; cached texts are reused, the rest generated (longest prompts first, similar lengths
     batched together) and appended to the cache after every batch."""
     from tqdm import tqdm
 
     texts_by_part, backend = {}, None
     for part, exs in parts.items():
-        path = _cache_path(out, model_tag, style, part)
+        budget = min(MAX_NEW_TOKENS[part], cap or MAX_NEW_TOKENS[part])
+        path = _cache_path(out, model_tag, style, f"{part}-max{budget}")  # another budget: other outputs
         done = {}
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -135,7 +144,7 @@ def generate_cached(backend_factory, parts, out: Path, model_tag: str, style: st
             with open(path, "a", encoding="utf-8") as f:
                 for i in range(0, len(todo), batch_size):
                     batch = todo[i:i + batch_size]
-                    outs = backend.chat([ex["messages"] for ex in batch], max_new_tokens=MAX_NEW_TOKENS[part])
+                    outs = backend.chat([ex["messages"] for ex in batch], max_new_tokens=budget)
                     for ex, text in zip(batch, outs):
                         done[ex["id"]] = text
                         f.write(json.dumps({"id": ex["id"], "text": text}, ensure_ascii=False) + "\n")
@@ -223,14 +232,15 @@ def run(a) -> tuple[dict, Path]:
     parts = load_parts(a)
     from coalm.eval.backends import LocalBackend
 
-    runs = [("base", None)] + ([("adapter", a.adapter)] if a.adapter else [])
+    runs = ([] if a.skip_base else [("base", None)]) + ([("adapter", a.adapter)] if a.adapter else [])
     card = {"suite": "coalm", "prompt_style": a.prompt_style, "model": a.model, "adapter": a.adapter,
+            "max_new_tokens": {p: min(n, a.max_new_tokens or n) for p, n in MAX_NEW_TOKENS.items()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": {}, "seconds": {}}
     for label, adapter in runs:
         tag = a.model if adapter is None else f"{a.model}+{Path(adapter).resolve()}"
         t0 = time.time()
         texts = generate_cached(lambda ad=adapter: LocalBackend(a.model, adapter=ad, batch_size=a.batch_size),
-                                parts, out, tag, a.prompt_style, a.batch_size)
+                                parts, out, tag, a.prompt_style, a.batch_size, a.max_new_tokens)
         card["seconds"][label] = round(time.time() - t0, 1)
         card["models"][label] = score(parts, texts)
     write_report(card, out / "scorecard.json")
