@@ -1,10 +1,12 @@
 """`coalm.eval --base-url` against `engine.serve` gives the same report as `--model` in-process; the endpoint backend
 keeps input order with requests in flight, and endpoint failures are one-line errors."""
 
+import contextlib
 import json
 import os
 
 import pytest
+import torch
 
 from coalm.eval.__main__ import main
 from coalm.eval.base import EvalError
@@ -15,9 +17,22 @@ MODEL = "smollm2-135m"
 ITEMS = ["--bench", "bfcl", "--category", "simple", "--limit", "3", "--max-new-tokens", "10"]
 
 
+@contextlib.contextmanager
+def one_thread():
+    """The in-process --model run on one thread: beside the server and another pytest worker, two OpenMP threads
+    lose their time slices (8x slower for generation here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def test_endpoint_report_equals_local_report(tmp_path):
     local, remote = tmp_path / "local.json", tmp_path / "remote.json"
-    assert main(ITEMS + ["--model", MODEL, "--out", str(local)]) == 0
+    with one_thread():
+        assert main(ITEMS + ["--model", MODEL, "--out", str(local)]) == 0
     # one OpenMP thread: under pytest -n 2 a two-thread server would fight the workers for the two cores
     with launch.server(["--model", MODEL, "--served-model-name", "coalm-smol", "--api-key", "k"],
                        env=dict(os.environ, OMP_NUM_THREADS="1"), log_dir=str(tmp_path)) as srv:

@@ -5,6 +5,7 @@ same conversation, streamed chunks equal the whole answer, 8 concurrent clients 
 One server per module. The API surface that needs no real model (errors, keys, tools) is in test_serve_api.py.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+import torch
 
 import engine
 from engine.serving import launch
@@ -35,6 +37,18 @@ def client(srv):
     return openai.OpenAI(base_url=srv.base_url, api_key="-", max_retries=0)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """References computed in this process on one thread: beside the server and another pytest worker, two OpenMP
+    threads lose their time slices and ran 8x slower here (96 s against 12 s for the eight answers below)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _msgs(q):
     return [{"role": "user", "content": q}]
 
@@ -47,7 +61,8 @@ def test_plain_chat_equals_engine_generate(client, smol):
     model, tok = smol
     q = _msgs("What is the capital of France?")
     r = client.chat.completions.create(model=MODEL, messages=q, max_tokens=12, temperature=0)
-    assert r.choices[0].message.content == engine.generate(model, tok, q, max_new_tokens=12)
+    with one_thread():
+        assert r.choices[0].message.content == engine.generate(model, tok, q, max_new_tokens=12)
     assert r.choices[0].message.role == "assistant" and r.object == "chat.completion"
     assert r.usage.prompt_tokens == len(tok.encode(tok.apply_chat_template(q, add_generation_prompt=True)))
     assert 1 <= r.usage.completion_tokens <= 12
@@ -79,7 +94,8 @@ def test_concurrent_clients_get_what_they_get_alone(srv, client, smol):
     jobs = [("Write a haiku about the sea.", 9, None), ("What is 2+2?", 4, None), ("Who wrote Hamlet?", 7, None),
             ("Describe a cat.", 10, ["."]), ("What is Python?", 5, None), ("Name a planet.", 8, None),
             ("Say hello in French.", 6, None), ("Count to five.", 10, [","])]
-    alone = [engine.generate(model, tok, _msgs(q), max_new_tokens=n, stop=stop) for q, n, stop in jobs]
+    with one_thread():
+        alone = [engine.generate(model, tok, _msgs(q), max_new_tokens=n, stop=stop) for q, n, stop in jobs]
     before = _health(srv)["decode_steps"]
 
     def ask(job):
