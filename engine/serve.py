@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port to bind (0: any free port)")
     p.add_argument("--api-key", help="require this bearer token on /v1/ routes")
     p.add_argument("--served-model-name", help="the model id clients send (default: --model)")
-    p.add_argument("--tool-format", default="auto", help="auto | llama3 | la (CoALM-IT LA JSON list)")
+    p.add_argument("--tool-format", default="auto", choices=["auto", "llama3", "la"],
+                   help="how tools reach the model: llama3 JSON calls, la = CoALM-IT LA JSON list (auto: by model)")
     p.add_argument("--max-batch", type=int, default=DEFAULT_BATCH, help="sequences decoded together (cache slots)")
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
     p.add_argument("--random-init", action="store_true", help="random weights (throughput runs)")
@@ -80,8 +81,9 @@ def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if a.max_batch < 1 or a.tp < 1:
-            raise ValueError(f"--max-batch and --tp must be >= 1, got {a.max_batch} and {a.tp}")
+        if a.max_batch < 1 or a.tp < 1 or (a.max_model_len is not None and a.max_model_len < 2):
+            raise ValueError(f"--max-batch and --tp must be >= 1 and --max-model-len >= 2, got {a.max_batch}, "
+                             f"{a.tp} and {a.max_model_len}")
         from .serving.templating import choose_format
 
         if a.fake_model:
