@@ -95,13 +95,17 @@ def main(mode, out_dir, *ckpts):
         # a dead peer of a DP pair (gradient all-reduces), a stuck peer of a TP pair (every forward's all-reduces)
         tp = 2 if mode == "stuck" else 1
         mesh = init_mesh(tp, timeout_s=4)
+        if rank == 1:
+            # Stamped before loading: on a loaded machine rank 0 may finish loading more than the 4 s timeout ahead
+            # and fail (rightly) before rank 1 gets past loading, and torchrun then kills rank 1. An early stamp only
+            # makes the "< 60 s after the failure" check stricter.
+            with open(os.path.join(out_dir, "peer_failed_at"), "w") as f:
+                f.write(repr(time.time()))
         model, _ = engine.load("debug", random_init=True, dtype=torch.float32, tp=tp)
         params = list(model.parameters())
         for p in params:
             p.grad = torch.ones_like(p)
         if rank == 1:
-            with open(os.path.join(out_dir, "peer_failed_at"), "w") as f:
-                f.write(repr(time.time()))
             if mode == "stuck":  # alive, but never joins another collective
                 time.sleep(600)
             os._exit(3)
