@@ -121,7 +121,7 @@ def parse_calls(text: str) -> list[dict] | None:
     t = _FENCE.sub("", text.strip()).strip()
     try:
         val = json.loads(t)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # model output: deep nesting or a 5,000-digit int is a parse failure, no crash
         return None
     if not isinstance(val, list):
         return None
@@ -140,7 +140,7 @@ def parse_dst(text: str) -> dict | None:
         t = t[len("System:"):].strip()
     try:
         val = json.loads(t)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # model output: deep nesting or a 5,000-digit int is a parse failure, no crash
         return None
     if not isinstance(val, dict) or not isinstance(val.get("domain"), str) or not isinstance(
         val.get("slot_values", {}), dict
@@ -157,7 +157,7 @@ def parse_action(text: str) -> tuple[str, dict] | None:
     t = t.splitlines()[0].strip() if t else t
     try:
         node = ast.parse(t, mode="eval").body
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     if not isinstance(node, ast.Call) or node.args:
         return None
@@ -175,7 +175,7 @@ def parse_action(text: str) -> tuple[str, dict] | None:
             return None
         try:
             args[kw.arg] = ast.literal_eval(kw.value)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
             return None
     return name, args
 

@@ -56,6 +56,8 @@ def decode_la(text: str) -> list[dict]:
         raise HandlerError(f"not a JSON list: {e.msg}") from None
     except RecursionError:
         raise HandlerError("JSON nested too deeply") from None
+    except ValueError:  # e.g. an integer of over 4,300 digits
+        raise HandlerError("a JSON value out of range") from None
     if not isinstance(val, list):
         raise HandlerError("not a JSON list")
     calls = []
@@ -186,6 +188,8 @@ def multiwoz_messages(log: list[dict], t: int, ontology: dict, history_turns: in
 
 def multiwoz_turn_state(text: str) -> dict:
     """{domain: {slot: value}} from one DST answer."""
+    if not isinstance(text, str):
+        raise HandlerError(f"output is a {type(text).__name__}, not text")
     parsed = F.parse_dst(text.strip().splitlines()[0] if text.strip() else "")
     if parsed is None:
         raise HandlerError('not a DST answer System: {"domain": ..., "slot_values": {...}}')
