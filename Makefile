@@ -27,8 +27,9 @@ demo: $(STAMP)
 agent: $(STAMP)
 	$(PY) -m coalm.agent
 
+# One BLAS/OpenMP thread per pytest worker: JOBS workers on as many cores, not JOBS x cores threads fighting.
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(JOBS) tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(JOBS) tests
 
 bench: $(STAMP)
 	$(PY) -m pytest -q bench --benchmark-only

@@ -28,7 +28,10 @@ def score(bench: str, cfg, name: str, adapter: Path | None, extra: list[str]) ->
     from coalm.eval import evaluate
 
     flags = dict(zip((k.lstrip("-").replace("-", "_") for k in extra[::2]), extra[1::2]))
-    return evaluate(bench, Path(cfg.out) / bench / f"{name}.json", model=cfg.model, adapter=adapter, **flags)
+    # A QLoRA run is scored on the NF4 base its adapter was trained against: the function that was trained, and 8x
+    # fewer weight bytes per decoded token.
+    return evaluate(bench, Path(cfg.out) / bench / f"{name}.json", model=cfg.model, adapter=adapter,
+                    quantize="nf4" if cfg.mode == "qlora" else None, **flags)
 
 
 def table(before: dict, after: dict) -> str:
