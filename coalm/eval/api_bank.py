@@ -9,8 +9,8 @@ ToolSearcher description. The official prompt lists the dialogue's APIs from a P
 we list them in order of first use.
 
 Calls (parsing and value rules: `coalm.eval.api_bank_calls`) are parsed as the official `parse_api_call` does
-(regexes only; nothing is evaluated): the first `[Name(...)]` on one line, then `key='v'` / `key="v"` (value up to the next quote of either kind), `key=[...]`
-(greedy) or `key=word`; every value is a string.
+(regexes only; nothing is evaluated): the first `[Name(...)]` on one line, then `key='v'` / `key="v"` (value up to
+the next quote of either kind), `key=[...]` (greedy) or `key=word`; every value is a string.
 
 Call accuracy. The official scorer runs the call on simulated back-ends and applies each API class's
 `check_api_call_correctness`. Offline we compare the parsed call with the gold call: same API name, same parameter
