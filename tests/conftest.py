@@ -6,6 +6,7 @@ dispatch reads it again at call time, so every test outside tests/kernels remove
 the plain-torch `_ref` paths, as it does for users on a CPU.
 """
 
+import contextlib
 import os
 
 import pytest
@@ -20,6 +21,23 @@ def _kernel_dispatch(request, monkeypatch):
     if "tests/kernels" not in str(request.node.path).replace(os.sep, "/"):
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """A context manager running in-process torch on one thread: beside a server subprocess and another pytest
+    worker, two OpenMP threads lose their time slices (generation ran 8x slower here, 96 s against 12 s)."""
+
+    @contextlib.contextmanager
+    def ctx():
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(n)
+
+    return ctx
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,6 +20,20 @@ def benchmark_dir(root: Path, name: str) -> Path:
     return d
 
 
+def loads_json(text: str, where: str, whole_file: bool = False):
+    """json.loads with every way hostile input fails (bad JSON, an integer past Python's 4,300-digit conversion
+    limit, nesting deeper than the parser's recursion) turned into one EvalError line naming `where` (and, for a
+    whole file, the line of a syntax error)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise EvalError(f"{where}{f':{e.lineno}' if whole_file else ''}: not valid JSON ({e.msg})") from None
+    except ValueError as e:
+        raise EvalError(f"{where}: not valid JSON ({clip(str(e), 100)})") from None
+    except RecursionError:
+        raise EvalError(f"{where}: JSON nested too deeply to read") from None
+
+
 def read_jsonl_lines(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
     """JSON Lines -> (line number, object) pairs, in order. Every malformed line is one EvalError naming file:line.
 
@@ -33,14 +47,7 @@ def read_jsonl_lines(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> lis
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise EvalError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                except ValueError as e:  # e.g. an integer past Python's 4300-digit conversion limit
-                    raise EvalError(f"{path}:{lineno}: not valid JSON ({clip(str(e), 100)})") from None
-                except RecursionError:
-                    raise EvalError(f"{path}:{lineno}: JSON nested too deeply to read") from None
+                row = loads_json(line, f"{path}:{lineno}")
                 if not isinstance(row, dict):
                     raise EvalError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
                 missing = [k for k in keys if k not in row]

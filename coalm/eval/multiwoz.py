@@ -36,7 +36,7 @@ from collections import Counter
 from pathlib import Path
 
 from coalm.eval import handlers
-from coalm.eval.base import EvalError, benchmark_dir, clip
+from coalm.eval.base import EvalError, benchmark_dir, clip, loads_json
 from coalm.eval.multiwoz_norm import (  # noqa: F401 - re-exported: the module's public names
     EMPTY_VALUES,
     ONTOLOGY,
@@ -231,15 +231,10 @@ def read_responses(path) -> dict:
     if not path.is_file():
         raise EvalError(f"responses file {path} not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise EvalError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
-    except ValueError as e:  # e.g. an integer past Python's 4300-digit conversion limit
-        raise EvalError(f"{path}: not JSON ({clip(str(e), 100)})") from None
-    except RecursionError:
-        raise EvalError(f"{path}: JSON nested too deeply to read") from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise EvalError(f"{path}: not UTF-8 text ({e.reason})") from None
+    data = loads_json(text, str(path), whole_file=True)
     if not isinstance(data, dict):
         raise EvalError(f"{path}: expected the mwzeval dict {{dialogue_id: [{{response, state}}, ...]}}")
     out = {}

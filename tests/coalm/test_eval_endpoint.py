@@ -1,12 +1,10 @@
 """`coalm.eval --base-url` against `engine.serve` gives the same report as `--model` in-process; the endpoint backend
 keeps input order with requests in flight, and endpoint failures are one-line errors."""
 
-import contextlib
 import json
 import os
 
 import pytest
-import torch
 
 from coalm.eval.__main__ import main
 from coalm.eval.base import EvalError
@@ -17,19 +15,7 @@ MODEL = "smollm2-135m"
 ITEMS = ["--bench", "bfcl", "--category", "simple", "--limit", "3", "--max-new-tokens", "10"]
 
 
-@contextlib.contextmanager
-def one_thread():
-    """The in-process --model run on one thread: beside the server and another pytest worker, two OpenMP threads
-    lose their time slices (8x slower for generation here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
-def test_endpoint_report_equals_local_report(tmp_path):
+def test_endpoint_report_equals_local_report(tmp_path, one_thread):
     local, remote = tmp_path / "local.json", tmp_path / "remote.json"
     with one_thread():
         assert main(ITEMS + ["--model", MODEL, "--out", str(local)]) == 0

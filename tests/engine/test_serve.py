@@ -5,7 +5,6 @@ same conversation, streamed chunks equal the whole answer, 8 concurrent clients 
 One server per module. The API surface that needs no real model (errors, keys, tools) is in test_serve_api.py.
 """
 
-import contextlib
 import json
 import os
 import time
@@ -14,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import torch
 
 import engine
 from engine.serving import launch
@@ -37,18 +35,6 @@ def client(srv):
     return openai.OpenAI(base_url=srv.base_url, api_key="-", max_retries=0)
 
 
-@contextlib.contextmanager
-def one_thread():
-    """References computed in this process on one thread: beside the server and another pytest worker, two OpenMP
-    threads lose their time slices and ran 8x slower here (96 s against 12 s for the eight answers below)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _msgs(q):
     return [{"role": "user", "content": q}]
 
@@ -57,7 +43,7 @@ def _health(srv) -> dict:
     return httpx.get(srv.url + "/health").json()
 
 
-def test_plain_chat_equals_engine_generate(client, smol):
+def test_plain_chat_equals_engine_generate(client, smol, one_thread):
     model, tok = smol
     q = _msgs("What is the capital of France?")
     r = client.chat.completions.create(model=MODEL, messages=q, max_tokens=12, temperature=0)
@@ -89,7 +75,7 @@ def test_stream_ends_with_done(srv):
     assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
 
 
-def test_concurrent_clients_get_what_they_get_alone(srv, client, smol):
+def test_concurrent_clients_get_what_they_get_alone(srv, client, smol, one_thread):
     model, tok = smol
     jobs = [("Write a haiku about the sea.", 9, None), ("What is 2+2?", 4, None), ("Who wrote Hamlet?", 7, None),
             ("Describe a cat.", 10, ["."]), ("What is Python?", 5, None), ("Name a planet.", 8, None),
