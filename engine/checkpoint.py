@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .dist import is_rank0, print0, world_size
+from .fsdp import full_optimizer, full_params, is_sharded, load_full_state, unsharded_copy
 from .mesh import current_mesh
 
 
@@ -80,12 +81,16 @@ def save_checkpoint(out: Path, step: int, model, opt, sched, cfg):
     _barrier()
     mesh = current_mesh()  # DP replicas hold the same state: the first one writes, one file per TP rank
     r = mesh.tp_rank
+    if is_sharded(model):  # FSDP2: gathered onto rank 0 in the single-process format (a collective)
+        params, optim = full_params(model), full_optimizer(model, opt)
+    elif mesh.dp_rank == 0:
+        params, optim = trainable_state(model), opt.state_dict()
     if mesh.dp_rank == 0:
-        save_file(trainable_state(model), str(tmp / f"trainable-rank{r}.safetensors"))
+        save_file(params, str(tmp / f"trainable-rank{r}.safetensors"))
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng},
+        torch.save({"step": step, "optimizer": optim, "scheduler": sched.state_dict(), "rng": rng},
                    tmp / f"state-rank{r}.pt")
     if is_rank0():  # what a resume must match (tp) and may change (dp: the data order depends on the step only)
         (tmp / "mesh.json").write_text(json.dumps({"step": step, "tp": mesh.tp, "dp": mesh.dp}))
@@ -116,11 +121,14 @@ def load_checkpoint(path: Path, model, opt, sched) -> int:
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(saved) != set(params):
         raise ValueError(f"{path} does not match this run's trainable parameters (different mode, rank or model?)")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(saved[n])
     state = torch.load(path / f"state-rank{r}.pt", weights_only=True)
-    opt.load_state_dict(state["optimizer"])
+    if is_sharded(model):  # FSDP2: each DP rank keeps its shard of the full tensors (any DP size)
+        load_full_state(model, opt, saved, state["optimizer"])
+    else:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n])
+        opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     py = state["rng"]["python"]
@@ -133,12 +141,15 @@ def load_checkpoint(path: Path, model, opt, sched) -> int:
 def save_final(model, tok, cfg, out: Path):
     """The run's result: out/adapter (PEFT) for LoRA/QLoRA, out/model (a self-contained HF folder) for --full."""
     if cfg.mode == "full":
+        dtype = next(model.parameters()).dtype
+        if is_sharded(model):  # FSDP2: the whole model gathered onto rank 0 (a collective), exported from there
+            params = full_params(model)
+            model = unsharded_copy(model, params) if is_rank0() else model
         if is_rank0():
             from .export import export_hf
             from .hub import resolve_source
 
-            export_hf(model, tok, out / "model", dtype=next(model.parameters()).dtype, source=resolve_source(cfg.model),
-                      overwrite=True)
+            export_hf(model, tok, out / "model", dtype=dtype, source=resolve_source(cfg.model), overwrite=True)
             print0(f"model saved to {out / 'model'}")
         return
     tmp = out / "adapter.tmp"

@@ -6,9 +6,10 @@ the step's total), and the gradients of the trainable parameters are then *summe
 partial token means is exactly the single-process token mean, however the rows fell into ranks and micro-batches.
 
 For LoRA/QLoRA the trainable parameters are a few MB, so a plain bucketed all-reduce (flatten, reduce, copy back)
-is enough; a full fine-tune reduces all gradients the same way, every replica holding a whole model and optimizer
-(FSDP2 sharding of those is not implemented here). The gradient norm for clipping is the global one: under tensor
-parallelism a sharded parameter's squared norm is summed over TP, a replicated one counted once.
+is enough. A full fine-tune at DP > 1 is sharded with FSDP2 instead (engine.fsdp: the same SUM, as reduce-scatters);
+every rank then runs as many micro-batches as the busiest one (`dp_pad`), because each forward all-gathers. The
+gradient norm for clipping is the global one: under tensor parallelism a sharded parameter's squared norm is summed
+over TP, a replicated one counted once; an FSDP shard's squared norm is summed over DP.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ def dp_rows(step_rows: list[list[int]], mesh: Mesh, micro_batch_size: int) -> li
     start = mesh.dp_rank * base + min(mesh.dp_rank, extra)
     mine = rows[start:start + base + (mesh.dp_rank < extra)]
     return [mine[i:i + micro_batch_size] for i in range(0, len(mine), micro_batch_size)]
+
+
+def dp_pad(step_rows: list[list[int]], mesh: Mesh, micro_batch_size: int) -> int:
+    """How many zero-weight micro-batches this DP rank adds so that it runs as many as the busiest rank (FSDP2: every
+    forward and backward is a collective, so the counts must agree; shares differing by one row can differ by one)."""
+    counts = [len(dp_rows(step_rows, Mesh(dp=mesh.dp, dp_rank=r), micro_batch_size)) for r in range(mesh.dp)]
+    return max(counts) - counts[mesh.dp_rank]
 
 
 def all_reduce_sum(values: list[float], mesh: Mesh, device) -> list[float]:
@@ -67,12 +75,17 @@ def reduce_gradients(params: list[torch.nn.Parameter], mesh: Mesh, bucket_bytes:
 @torch.no_grad()
 def clip_grad_norm(named_params: list[tuple[str, torch.nn.Parameter]], max_norm: float, mesh: Mesh) -> torch.Tensor:
     """torch.nn.utils.clip_grad_norm_ with the norm of the whole model: under TP each rank holds a shard of the
-    split parameters (their squares are summed over TP) and a copy of the replicated ones (counted once)."""
+    split parameters (their squares are summed over TP) and a copy of the replicated ones (counted once); under FSDP2
+    each DP rank holds a disjoint shard of every gradient (a DTensor: its squares are summed over DP)."""
+    from torch.distributed.tensor import DTensor
+
     from .parallel import split_dim
 
-    grads = [(n, p.grad) for n, p in named_params if p.grad is not None]
+    grads = [(n, p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad) for n, p in named_params
+             if p.grad is not None]
     if not grads:
         return torch.zeros(())
+    sharded = any(isinstance(p.grad, DTensor) for _, p in named_params)
     device = grads[0][1].device
     split = torch.zeros((), dtype=torch.float64, device=device)
     whole = torch.zeros((), dtype=torch.float64, device=device)
@@ -82,6 +95,10 @@ def clip_grad_norm(named_params: list[tuple[str, torch.nn.Parameter]], max_norm:
             split += sq
         else:
             whole += sq
+    if sharded and mesh.dp_group is not None:
+        both = torch.stack([split, whole])
+        dist.all_reduce(both, group=mesh.dp_group)
+        split, whole = both[0], both[1]
     if mesh.tp_group is not None:
         dist.all_reduce(split, group=mesh.tp_group)
     total = (split + whole).sqrt()

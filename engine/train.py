@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
-from .data_parallel import all_reduce_sum, clip_grad_norm, dp_rows, rank_device, reduce_gradients
+from .data_parallel import all_reduce_sum, clip_grad_norm, dp_pad, dp_rows, rank_device, reduce_gradients
 from .dist import is_rank0, print0
+from .fsdp import describe, shard_model, uses_fsdp
 from .loader import parse_dtype
-from .mesh import init_mesh
+from .mesh import current_mesh, init_mesh
 from .metrics import (
     MetricsLogger,
     check_loggers,
@@ -73,8 +74,10 @@ def load_model(cfg: TrainConfig, device, dtype):
                              f"safetensors) or a Hub id such as meta-llama/Llama-3.1-8B-Instruct (read from the HF "
                              f"cache), or --random-init for a throughput run without weights")
     # QLoRA on a GPU: load into host memory and quantize block by block on the way to the device, so the device
-    # never holds the full bf16 model (70B QLoRA then fits one 80 GB GPU).
-    stream = cfg.mode == "qlora" and cfg.tp == 1 and device.type == "cuda"
+    # never holds the full bf16 model (70B QLoRA then fits one 80 GB GPU). FSDP2 likewise moves the blocks over
+    # one by one as it shards them.
+    fsdp = uses_fsdp(cfg.mode, current_mesh())
+    stream = (cfg.mode == "qlora" or fsdp) and cfg.tp == 1 and device.type == "cuda"
     if cfg.tp > 1:
         model, tok = load(source, tp=cfg.tp, random_init=cfg.random_init, dtype=dtype, device=device, seed=cfg.seed)
     else:
@@ -92,6 +95,8 @@ def load_model(cfg: TrainConfig, device, dtype):
         apply_lora(model, cfg.lora_rank, cfg.lora_alpha, dropout=cfg.lora_dropout, quantize=cfg.mode == "qlora",
                    device=device if stream else None)
     model.gradient_checkpointing = cfg.activation_checkpointing
+    if fsdp:  # parameters, gradients and (built from them next) AdamW's moments sharded over DP
+        shard_model(model, current_mesh())
     return model.train(), tok
 
 
@@ -161,7 +166,7 @@ def train(cfg: TrainConfig) -> dict:
     metrics_path = out / "metrics.jsonl"
     truncate_metrics(metrics_path, start)
     logger = MetricsLogger(out, cfg.log, asdict(cfg), resume=start > 0) if is_rank0() else None
-    print0(f"training {n_train / 1e6:.2f}M parameters ({cfg.mode}) for {total} steps on {device}")
+    print0(f"training {n_train / 1e6:.2f}M parameters ({cfg.mode}{describe(model, mesh)}) for {total} steps on {device}")
 
     from tqdm import tqdm
 
@@ -170,14 +175,17 @@ def train(cfg: TrainConfig) -> dict:
     for step in bar:
         t0 = time.perf_counter()
         # this DP rank's slice of the step's rows; the loss weights use the whole step's target count
-        micro = [make_batch(batches.rendered, idx) for idx in dp_rows(batches.step_rows(step), mesh,
-                                                                      cfg.micro_batch_size)]
+        step_rows = batches.step_rows(step)
+        micro = [make_batch(batches.rendered, idx) for idx in dp_rows(step_rows, mesh, cfg.micro_batch_size)]
+        if uses_fsdp(cfg.mode, mesh):  # each forward all-gathers: as many on every rank (the extra ones weigh 0)
+            pad = {**make_batch(batches.rendered, step_rows[0][:1]), "n_targets": 0, "pad": True}
+            micro += [pad] * dp_pad(step_rows, mesh, cfg.micro_batch_size)
         total_targets = max(1, int(all_reduce_sum([sum(mb["n_targets"] for mb in micro)], mesh, device)[0]))
         loss_sum, tokens = 0.0, 0
         for mb in micro:
             count = mb["n_targets"]
             b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mb.items()}
-            tokens += b["input_ids"].numel()
+            tokens += 0 if mb.get("pad") else b["input_ids"].numel()
             try:
                 loss = model.loss(b["input_ids"], b["labels"], b["position_ids"], b["cu_seqlens"], b["max_seqlen"])
                 # mean over every target token of the step, however they fall into micro-batches
@@ -193,7 +201,8 @@ def train(cfg: TrainConfig) -> dict:
             ckpts = list_checkpoints(out)
             where = f"the last good checkpoint is {ckpts[-1]}" if ckpts else "no checkpoint had been written yet"
             raise TrainError(f"loss became {loss_sum} at step {step + 1}; stopping ({where}). Try a lower --lr.")
-        reduce_gradients(params, mesh)  # DP: sum of the replicas' partial token means = the step's token mean
+        if not uses_fsdp(cfg.mode, mesh):  # FSDP2 has reduce-scattered them already (the same SUM)
+            reduce_gradients(params, mesh)  # DP: sum of the replicas' partial token means = the step's token mean
         gnorm = clip_grad_norm(named, cfg.grad_clip, mesh)
         opt.step()
         sched.step()
@@ -205,7 +214,8 @@ def train(cfg: TrainConfig) -> dict:
         if logger:
             logger.log(last)
         if val and ((step + 1) % eval_every == 0 or step + 1 == total):
-            last["val_loss"] = validation_loss(model, val.all_batches(), device)
+            with torch.no_grad():  # (every rank runs all of it: under FSDP2 each forward is a collective)
+                last["val_loss"] = validation_loss(model, val.all_batches(), device)
             if logger:
                 logger.log({"step": step + 1, "val_loss": last["val_loss"]})
                 if update_best(out, step + 1, last["val_loss"]):

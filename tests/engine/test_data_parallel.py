@@ -7,6 +7,7 @@ independently of engine.parallel) and the final adapter's format, then resume th
 in one process and compare its step 3.
 """
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -35,11 +36,13 @@ def train_args(ckpt, out, *extra):
             "--data", Path(ckpt).parent / "rows.jsonl", "--out", out, *extra]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dp")
-    model = build_model(get_config("debug"))
+def tiny_checkpoint(root: Path, n_rows: int, **args) -> Path:
+    """The `debug` preset (fields overridden by `args`) with random weights as an fp32 HF folder in root/ckpt, and
+    the first `n_rows` sample rows in root/rows.jsonl."""
+    model = build_model(dataclasses.replace(get_config("debug"), **args))
     model.to_empty(device="cpu")
+    if model.args.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
     model.init_weights(std=0.05, generator=torch.Generator().manual_seed(5))
     ckpt = save_hf(model, root / "ckpt", dtype=torch.float32)
     # SmolLM2's vocabulary as tokenizer.json: every rank reads it in a blink (parsing the GGUF takes seconds)
@@ -47,8 +50,15 @@ def runs(tmp_path_factory):
     tok._backend.save(str(ckpt / "tokenizer.json"))
     (ckpt / "tokenizer_config.json").write_text(json.dumps(
         {"chat_template": tok.chat_template, "bos_token": tok.bos_token, "eos_token": tok.eos_token}))
-    rows = [{k: r[k] for k in ("instruction", "input", "output")} for r in load_data("sample")[:4 * STEPS + 1]]
+    rows = [{k: r[k] for k in ("instruction", "input", "output")} for r in load_data("sample")[:n_rows]]
     (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dp")
+    ckpt = tiny_checkpoint(root, 4 * STEPS + 1)
     with pytest.MonkeyPatch.context() as mp:  # the engine's CPU paths, as the autouse fixture sets per test
         mp.delenv("TRITON_INTERPRET", raising=False)
         mp.setenv("COALM_CACHE", str(root / "cache"))
