@@ -23,7 +23,8 @@ from .. import formats as F
 from .apis import APIS, EXTRA_POOLS, Api, Param
 from .pools import MONTHS, POOLS, number_words, ordinal
 
-PATTERNS = {"single": 0.33, "parallel": 0.15, "multi": 0.15, "none": 0.15, "dialogue": 0.22}
+# A quarter of the rows call nothing: with fewer, a small model learns to always call (BFCL irrelevance falls to 0).
+PATTERNS = {"single": 0.28, "parallel": 0.13, "multi": 0.12, "none": 0.25, "dialogue": 0.22}
 DIALECTS = (
     {"integer": "integer", "number": "number", "boolean": "boolean", "string": "string", "array": "array",
      "object": "object"},
