@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .dist import is_rank0, print0, world_size
-from .fsdp import full_optimizer, full_params, is_sharded, load_full_state, unsharded_copy
+from .fsdp import gather_optimizer, gather_params, is_sharded, load_sharded, unsharded_copy
 from .mesh import current_mesh
 
 
@@ -81,8 +81,8 @@ def save_checkpoint(out: Path, step: int, model, opt, sched, cfg):
     _barrier()
     mesh = current_mesh()  # DP replicas hold the same state: the first one writes, one file per TP rank
     r = mesh.tp_rank
-    if is_sharded(model):  # FSDP2: gathered onto rank 0 in the single-process format (a collective)
-        params, optim = full_params(model), full_optimizer(model, opt)
+    if is_sharded(model):  # FSDP2: gathered onto DP replica 0 in the single-process format (a collective)
+        params, optim = gather_params(model, mesh), gather_optimizer(opt, mesh)
     elif mesh.dp_rank == 0:
         params, optim = trainable_state(model), opt.state_dict()
     if mesh.dp_rank == 0:
@@ -123,7 +123,7 @@ def load_checkpoint(path: Path, model, opt, sched) -> int:
         raise ValueError(f"{path} does not match this run's trainable parameters (different mode, rank or model?)")
     state = torch.load(path / f"state-rank{r}.pt", weights_only=True)
     if is_sharded(model):  # FSDP2: each DP rank keeps its shard of the full tensors (any DP size)
-        load_full_state(model, opt, saved, state["optimizer"])
+        load_sharded(model, opt, saved, state["optimizer"])
     else:
         with torch.no_grad():
             for n, p in params.items():
@@ -142,8 +142,8 @@ def save_final(model, tok, cfg, out: Path):
     """The run's result: out/adapter (PEFT) for LoRA/QLoRA, out/model (a self-contained HF folder) for --full."""
     if cfg.mode == "full":
         dtype = next(model.parameters()).dtype
-        if is_sharded(model):  # FSDP2: the whole model gathered onto rank 0 (a collective), exported from there
-            params = full_params(model)
+        if is_sharded(model) or cfg.tp > 1:  # gathered over DP (FSDP2) and TP onto rank 0 (a collective)
+            params = gather_params(model, current_mesh(), across_tp=True)
             model = unsharded_copy(model, params) if is_rank0() else model
         if is_rank0():
             from .export import export_hf

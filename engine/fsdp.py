@@ -9,9 +9,9 @@ method is registered as an FSDP forward. The reduction is a plain SUM (divide fa
 which has no PREMUL_SUM, works too): every rank already weights its loss by its share of the step's target tokens
 (engine.data_parallel), so the sum over DP is the single-process token mean.
 
-Checkpoints and exports go through `torch.distributed.checkpoint.state_dict` full state dicts (gathered to rank 0,
-moved to host memory tensor by tensor) and are stored in the single-process format: a checkpoint written at DP 2
-resumes at DP 1, 2 or 4, and `model/` is the same HF folder a single process writes.
+Checkpoints and exports gather the shards one tensor at a time into host memory and are stored in the single-process
+format (per TP rank under tensor parallelism): a checkpoint written at DP 2 resumes at DP 1, 2 or 4, and `model/` is
+the same HF folder a single process writes. With `--tp`, each TP rank's local shards are what FSDP2 shards over DP.
 """
 
 from __future__ import annotations
@@ -62,59 +62,74 @@ def is_sharded(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def _options():
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor all-gathered to its full size (a collective over its mesh); a plain tensor as it is."""
+    from torch.distributed.tensor import DTensor
 
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def _names(model) -> list[str]:
-    """Trainable parameter names in optimizer order (named_parameters drops the tied lm_head.weight)."""
-    return [n for n, p in model.named_parameters() if p.requires_grad]
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
-def full_params(model) -> dict[str, torch.Tensor]:
-    """Every trainable parameter at full size, by name, in host memory on global rank 0 (empty elsewhere): what
-    engine.checkpoint.trainable_state gives in a single process. A collective: every rank calls it."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+def _shard(full: torch.Tensor, like) -> torch.Tensor:
+    """This rank's piece of `full` laid out as the DTensor `like` (every rank holds `full`: no communication)."""
+    from torch.distributed.tensor import distribute_tensor
 
-    msd = get_model_state_dict(model, options=_options())
-    return {n: msd[n].contiguous() for n in _names(model)} if msd else {}
+    return distribute_tensor(full.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
 
 
-def full_optimizer(model, opt) -> dict:
-    """The optimizer's state_dict as a single process's `opt.state_dict()` (parameters by index), on global rank 0
-    (empty elsewhere). A collective."""
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+# Hand-written rather than torch.distributed.checkpoint.state_dict's full state dicts: those gather onto global rank 0
+# only (ranks_only=(0,)), while each TP rank's first DP replica must write its own shards, and they key the optimizer
+# by name where a single process's `opt.state_dict()` (the checkpoint format) keys it by index.
+def gather_params(model, mesh: Mesh, across_tp: bool = False) -> dict[str, torch.Tensor]:
+    """The trainable parameters at full DP size, by name, in host memory: on DP replica 0 each TP rank's own shards
+    (a checkpoint's trainable-rank{t}), or with `across_tp` whole tensors on global rank 0 only (an export); empty
+    elsewhere. A collective: every rank calls it. One tensor at a time passes through device memory."""
+    import torch.distributed as dist
 
-    osd = get_optimizer_state_dict(model, opt, options=_options())
-    if not osd:
-        return {}
-    index = {n: i for i, n in enumerate(_names(model))}
-    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]
-    return {"state": {index[n]: s for n, s in osd["state"].items()}, "param_groups": groups}
+    from .parallel import split_dim
+
+    keep = mesh.dp_rank == 0 and (not across_tp or mesh.tp_rank == 0)
+    out = {}
+    for n, p in model.named_parameters():  # (named_parameters lists a tied lm_head once, as embed_tokens)
+        if not p.requires_grad:
+            continue
+        t = _full(p.detach())
+        if across_tp and mesh.tp_group is not None and mesh.dp_rank == 0 and split_dim(n) is not None:
+            parts = [torch.empty_like(t) for _ in range(mesh.tp)]
+            dist.all_gather(parts, t.contiguous(), group=mesh.tp_group)
+            t = torch.cat(parts, dim=split_dim(n))
+        if keep:
+            out[n] = t.cpu().contiguous()
+    return out
 
 
-def load_full_state(model, opt, params: dict, optimizer: dict | None):
-    """The inverse of full_params and full_optimizer: every rank passes the same full tensors; each keeps its shard."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+def gather_optimizer(opt, mesh: Mesh) -> dict:
+    """`opt.state_dict()` (parameters by index, as in a single process) with AdamW's moments at full DP size, in
+    host memory on DP replica 0 (each TP rank its own shards); empty elsewhere. A collective."""
+    sd = opt.state_dict()
+    keep = mesh.dp_rank == 0
+    state = {}
+    for i, s in sd["state"].items():
+        full = {k: _full(v) if torch.is_tensor(v) else v for k, v in s.items()}
+        state[i] = {k: v.cpu() if keep and torch.is_tensor(v) else v for k, v in full.items()}
+    return {"state": state, "param_groups": sd["param_groups"]} if keep else {}
 
-    msd = dict(params)
-    if model.args.tie_embeddings and "embed_tokens.weight" in msd:
-        msd["lm_head.weight"] = msd["embed_tokens.weight"]
-    set_model_state_dict(model, msd, options=StateDictOptions(full_state_dict=True))
+
+def load_sharded(model, opt, params: dict, optimizer: dict | None):
+    """The inverse of gather_params and gather_optimizer: every rank passes its TP rank's full tensors (any DP size
+    wrote them); each keeps its DP shard."""
+    named = [p for p in model.parameters() if p.requires_grad]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    with torch.no_grad():
+        for n, p in zip(names, named):
+            p.copy_(_shard(params[n].to(p.dtype), p))
     if optimizer is not None:
-        names = _names(model)
-        osd = {"state": {names[int(i)]: s for i, s in optimizer["state"].items()},
-               "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]}
-                                for g in optimizer["param_groups"]]}
-        set_optimizer_state_dict(model, opt, osd, options=StateDictOptions(full_state_dict=True))
-        for live, saved in zip(opt.param_groups, optimizer["param_groups"]):  # DCP returns tuples (betas) as lists
-            live.update({k: v for k, v in saved.items() if k != "params"})
+        state = {i: {k: _shard(v, named[int(i)]) if torch.is_tensor(v) and v.dim() else v for k, v in s.items()}
+                 for i, s in optimizer["state"].items()}
+        opt.load_state_dict({"state": state, "param_groups": optimizer["param_groups"]})
 
 
 def unsharded_copy(model, params: dict):
-    """A plain Transformer on host memory holding `params` (from full_params), for engine.export."""
+    """A plain Transformer on host memory holding `params` (whole tensors from gather_params), for engine.export."""
     from .model import build_model
 
     plain = build_model(model.args)

@@ -130,9 +130,6 @@ def validate(cfg: TrainConfig):
                          f"--micro-batch-size {cfg.micro_batch_size}")
     if cfg.val_data and cfg.val_frac:
         raise ValueError("give --val-data or --val-frac, not both")
-    if cfg.tp > 1 and cfg.mode == "full":
-        raise ValueError("--full with --tp > 1 is not supported yet (saving would need gathered weights); "
-                         "use --lora or --qlora")
     if cfg.tp > 1 and "WORLD_SIZE" not in os.environ:
         raise ValueError(f"--tp {cfg.tp} needs one process per rank: launch with "
                          f"`torchrun --nproc-per-node {cfg.tp} -m engine.train ...`")
