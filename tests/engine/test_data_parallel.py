@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from coalm.data import load as load_data
 from engine.config import get_config
-from engine.data_parallel import dp_rows, rank_device
+from engine.data_parallel import dp_pad, dp_rows, rank_device
 from engine.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from engine.mesh import Mesh, MeshError, check_mesh
 from engine.model import build_model
@@ -169,3 +169,14 @@ def test_dp_rows_cover_each_step_once():
         sizes = [sum(map(len, p)) for p in parts]
         assert max(sizes) - min(sizes) <= 1
     assert dp_rows(step, Mesh(), 2) == step
+
+
+def test_dp_pad_gives_every_rank_the_same_micro_batch_count():
+    # FSDP2 (--full): every forward is a collective, so ranks with fewer micro-batches add zero-weight ones
+    step = [[5, 1], [7, 3], [0]]
+    for dp in (2, 3, 4, 6):
+        ranks = [Mesh(dp=dp, dp_rank=r) for r in range(dp)]
+        counts = [len(dp_rows(step, m, 2)) + dp_pad(step, m, 2) for m in ranks]
+        assert len(set(counts)) == 1 and counts[0] == max(len(dp_rows(step, m, 2)) for m in ranks)
+    assert dp_pad(step, Mesh(dp=6, dp_rank=5), 2) == 1  # 6 ranks, 5 rows: the last has none of its own
+    assert dp_pad(step, Mesh(), 2) == 0
