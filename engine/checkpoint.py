@@ -121,7 +121,8 @@ def load_checkpoint(path: Path, model, opt, sched) -> int:
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(saved) != set(params):
         raise ValueError(f"{path} does not match this run's trainable parameters (different mode, rank or model?)")
-    state = torch.load(path / f"state-rank{r}.pt", weights_only=True)
+    # host memory first: a GPU run's file names cuda:0, where every rank of a later run would otherwise load it
+    state = torch.load(path / f"state-rank{r}.pt", weights_only=True, map_location="cpu")
     if is_sharded(model):  # FSDP2: each DP rank keeps its shard of the full tensors (any DP size)
         load_sharded(model, opt, saved, state["optimizer"])
     else:

@@ -64,7 +64,7 @@ def runs(tmp_path_factory):
     train_here(root, "one")
     torchrun_train(root, "dp2")
     start_from(root / "one", 1, root / "one_then_dp2")  # a single-process checkpoint resumed by FSDP2 on 2 ranks
-    torchrun_train(root, "one_then_dp2", "--resume")
+    torchrun_train(root, "one_then_dp2", "--resume", "--save-every", STEPS)
     torchrun_train(root, "dp2tp2", "--tp", 2, nproc=4, banner="(full, FSDP2 over DP 2: 1.67M on this rank)")
     return root
 
@@ -191,7 +191,7 @@ def test_resume_across_dp_sizes(runs, tmp_path):
     one = runs / "one"
     # 2 ranks -> 1 process: the FSDP2 checkpoint holds the whole state in the single-process format
     start_from(runs / "dp2", 1, tmp_path / "dp2_then_one")
-    train_here(runs, tmp_path / "dp2_then_one", "--resume")
+    train_here(runs, tmp_path / "dp2_then_one", "--resume", "--save-every", STEPS)
     for resumed in (tmp_path / "dp2_then_one", runs / "one_then_dp2"):
         assert metrics(resumed, "loss") == pytest.approx(metrics(one, "loss"), rel=1e-5)
         assert_same_state(resumed, one, STEPS)
