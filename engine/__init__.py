@@ -11,5 +11,5 @@ part of the model, and `engine.map_data_parallel(fn, items, chunk)` shares work 
 
 from .data_parallel import map_data_parallel  # noqa: F401
 from .generation import generate  # noqa: F401
-from .loader import load  # noqa: F401
+from .loader import inference_dtype, load  # noqa: F401
 from .mesh import init_mesh  # noqa: F401

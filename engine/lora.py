@@ -45,8 +45,9 @@ class LoRALinear(nn.Module):
         else:
             self.nf4 = None
             self.weight = nn.Parameter(w, requires_grad=False)
-        # LoRA factors in fp32 on CPU, in the base dtype on GPU (bf16 there); the optimizer keeps fp32 state either way
-        dtype = w.dtype
+        # LoRA factors in fp32 on CPU (also over a bf16 base: mixed precision, the low-rank term in fp32), in the base
+        # dtype on GPU (bf16 there, the fused kernels' one dtype); the optimizer keeps fp32 state either way
+        dtype = torch.float32 if w.device.type == "cpu" else w.dtype
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=dtype, device=w.device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=dtype, device=w.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -58,7 +59,8 @@ class LoRALinear(nn.Module):
         w = self.nf4 if self.nf4 is not None else self.weight
         if self.dropout and self.training:  # dropout applies to the low-rank path only, so it cannot be fused
             base = F.linear(x, self.base_weight(x.dtype))
-            return base + self.scale * F.linear(F.linear(F.dropout(x, self.dropout), self.lora_A), self.lora_B)
+            low = F.linear(F.linear(F.dropout(x, self.dropout).to(self.lora_A.dtype), self.lora_A), self.lora_B)
+            return base + (self.scale * low).to(base.dtype)
         return lora_linear(x, w, self.lora_A, self.lora_B, self.scale)
 
     def _apply(self, fn, recurse=True):  # keep the NF4 tensors on the module's device through .to()/.cuda()

@@ -235,9 +235,15 @@ def _check(x, weight, lora_a, lora_b):
         raise ValueError(f"lora_linear: shapes do not fit: x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
                          f"lora_a {tuple(lora_a.shape)}, lora_b {tuple(lora_b.shape)}; need x (..., K), weight (N, K), "
                          "lora_a (r, K), lora_b (N, r)")  # fmt: skip
-    for name, t in (("lora_a", lora_a), ("lora_b", lora_b)) + ((("weight", weight),) if dense else ()):
-        if t.dtype != x.dtype:
-            raise ValueError(f"lora_linear: {name} dtype {t.dtype} differs from x dtype {x.dtype}")
+    if dense and weight.dtype != x.dtype:
+        raise ValueError(f"lora_linear: weight dtype {weight.dtype} differs from x dtype {x.dtype}")
+    # The factors share x's dtype, or both are fp32 under bf16/fp16 activations (mixed precision: fp32 trainable
+    # factors, so that AdamW's small updates are not rounded away, over a half-precision frozen base).
+    mixed = lora_a.dtype == lora_b.dtype == torch.float32 and x.dtype != torch.float32
+    for name, t in (("lora_a", lora_a), ("lora_b", lora_b)):
+        if t.dtype != x.dtype and not mixed:
+            raise ValueError(f"lora_linear: {name} dtype {t.dtype} differs from x dtype {x.dtype} (and the factors "
+                             f"are not both float32)")
     devices = {x.device, lora_a.device, lora_b.device, weight.device}
     if len(devices) != 1:
         raise ValueError(f"lora_linear: all operands must be on one device, got {sorted(map(str, devices))}")
@@ -247,10 +253,10 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor | NF4Weight, lora_a: torch
                 scale: float) -> torch.Tensor:  # fmt: skip
     """y = x @ W^T + scale * (x @ lora_a^T) @ lora_b^T; differentiable in x, lora_a and lora_b (W is frozen)."""
     _check(x, weight, lora_a, lora_b)
-    if not use_triton(x) or x.numel() == 0:
+    # fp32 factors under half-precision x (CPU mixed precision) take the plain-torch path: the kernels take one dtype
+    if not use_triton(x) or x.numel() == 0 or lora_a.dtype != x.dtype:
         if isinstance(weight, NF4Weight) and x.device.type == "cpu" and x.numel():
-            base = _NF4LinearCPU.apply(x, weight)
-            return torch.add(base, F.linear(F.linear(x, lora_a), lora_b), alpha=scale)
+            return _add_low_rank(_NF4LinearCPU.apply(x, weight), x, lora_a, lora_b, scale)
         return lora_linear_ref(x, weight, lora_a, lora_b, scale)
     if isinstance(weight, torch.Tensor):
         weight = weight.detach().contiguous()
@@ -292,4 +298,12 @@ def lora_linear_ref(x: torch.Tensor, weight: torch.Tensor | NF4Weight, lora_a: t
                     scale: float) -> torch.Tensor:  # fmt: skip
     """Plain torch: dequantize W (if NF4) to x's dtype, then three matmuls. Gradients for x, lora_a, lora_b."""
     base = _NF4LinearRef.apply(x, weight) if isinstance(weight, NF4Weight) else F.linear(x, weight.detach())
-    return torch.add(base, F.linear(F.linear(x, lora_a), lora_b), alpha=scale)
+    return _add_low_rank(base, x, lora_a, lora_b, scale)
+
+
+def _add_low_rank(base, x, lora_a, lora_b, scale):
+    """base + scale * (x @ A^T) @ B^T, the low-rank term computed in the factors' dtype (fp32 ones included)."""
+    low = F.linear(F.linear(x.to(lora_a.dtype), lora_a), lora_b)
+    if low.dtype == base.dtype:
+        return torch.add(base, low, alpha=scale)
+    return base + (scale * low).to(base.dtype)

@@ -104,6 +104,25 @@ def test_cpu_default_path_is_the_reference(monkeypatch):
         assert torch.equal(g, e)
 
 
+@pytest.mark.parametrize("nf4", [False, True])
+def test_fp32_factors_under_bf16(nf4):
+    """CPU mixed precision (`engine.train --dtype bf16` on a CPU): bf16 x and base weight, fp32 LoRA factors. The
+    output and grad_x come back in bf16, the factors' gradients in fp32, each no less accurate than the same layer
+    computed all in bf16 (against fp64 on the same bf16 inputs)."""
+    x, w, a, b, dy = _inputs((3, 37), 130, 70, 16, torch.float32, nf4, "cpu", seed=11)
+    xb, dyb, wb = x.bfloat16(), dy.bfloat16(), (w if nf4 else w.bfloat16())
+    mixed = _forward_backward(lora_linear, xb, wb, a, b, dyb)
+    all_bf16 = _forward_backward(lora_linear_ref, xb, wb, a.bfloat16(), b.bfloat16(), dyb)
+    ref = _reference64(xb, wb if nf4 else wb.float(), a, b, dyb)
+    for name, o, t, r64, dtype in zip(("y", "grad_x", "grad_a", "grad_b"), mixed, all_bf16, ref,
+                                      (torch.bfloat16, torch.bfloat16, torch.float32, torch.float32)):
+        assert o.shape == r64.shape and o.dtype == dtype, name
+        err, bf16_err = ((v.double() - r64).abs().max().item() for v in (o, t))
+        assert err <= 2 * bf16_err + torch.finfo(torch.bfloat16).eps / 16 * r64.abs().max().item(), (name, err, bf16_err)
+    with pytest.raises(ValueError, match="not both float32"):
+        lora_linear(xb, wb, a, b.bfloat16(), SCALE)
+
+
 def test_bad_input():
     x, w, a, b, _ = _inputs((3,), 64, 32, 8, torch.float32, False, "cpu", seed=2)
     with pytest.raises(ValueError, match="shapes"):
