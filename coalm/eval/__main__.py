@@ -34,6 +34,8 @@ def _parser(task=None) -> argparse.ArgumentParser:
     src.add_argument("--base-url", help="generate through this OpenAI-compatible endpoint (e.g. http://host:8000/v1)")
     p.add_argument("--adapter", default=None, help="LoRA adapter dir to apply to --model")
     p.add_argument("--quantize", default=None, choices=["nf4"], help="store --model's base linear weights in NF4")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="--model's dtype; auto: bf16 on GPUs and AVX512-BF16/AMX CPUs, else fp32")
     p.add_argument("--model-name", default=None, help="model name sent to --base-url (default: its first model)")
     p.add_argument("--api-key", default=None, help="bearer token for --base-url (default: $OPENAI_API_KEY)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight against --base-url")

@@ -28,9 +28,14 @@ class LocalBackend:
     Under torchrun the processes form a (dp, tp) grid: the `tp` ranks of a replica serve one model together and the
     batches of each `chat` call are dealt over the DP replicas; every rank gets all texts back, in input order."""
 
-    def __init__(self, model: str, adapter: str | None = None, batch_size: int = 8, tp: int = 1, **load_kwargs):
+    def __init__(self, model: str, adapter: str | None = None, batch_size: int = 8, tp: int = 1, dtype: str = "auto",
+                 **load_kwargs):
         import engine  # imported here: scoring saved outputs needs no torch
+        from engine.loader import parse_dtype
 
+        # "auto": bf16 where the hardware multiplies it natively (GPUs, AVX512-BF16/AMX CPUs), else fp32
+        self.dtype = engine.inference_dtype() if dtype in (None, "auto") else parse_dtype(dtype)
+        load_kwargs["dtype"] = self.dtype
         self.name = model if adapter is None else f"{model}+{adapter}"
         self.batch_size = max(1, int(batch_size))
         self.mesh = None  # a single process: no grid
@@ -65,6 +70,8 @@ def load_kwargs(args) -> dict:
     out = {}
     if getattr(args, "quantize", None):
         out["quantize"] = args.quantize
+    if getattr(args, "dtype", None):
+        out["dtype"] = args.dtype
     return out
 
 

@@ -53,6 +53,8 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--apibank-limit", type=int, default=60, help="API-Bank level-1 call samples, and response samples")
     p.add_argument("--multiwoz-dialogues", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="base and adapter dtype; auto: bf16 on GPUs and AVX512-BF16/AMX CPUs, else fp32")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"cap every part's output budget (defaults {MAX_NEW_TOKENS}); a cut answer counts as given")
     p.add_argument("--skip-base", action="store_true",
@@ -192,7 +194,8 @@ def markdown(card: dict) -> str:
     rows = [f"| {label} | " + " | ".join(f"{100 * _get(card['models'][m], key):.1f}" for m in models) + " |"
             for key, label in COLUMNS]
     m0 = card["models"][models[0]]
-    note = (f"\nprompt style: {card['prompt_style']}; BFCL items per category: {m0['bfcl']['n']}; API-Bank level-1 "
+    note = (f"\nprompt style: {card['prompt_style']}; dtype {card.get('dtype', 'float32')}; "
+            f"BFCL items per category: {m0['bfcl']['n']}; API-Bank level-1 "
             f"{m0['api_bank']['n_calls']} call / {m0['api_bank']['n_responses']} response samples; MultiWOZ "
             f"{m0['multiwoz']['dialogues']} dialogues ({m0['multiwoz']['turns']} turns, data "
             f"{m0['multiwoz']['data_version']}). Numbers are percentages (Rouge-L x 100).")
@@ -231,15 +234,19 @@ def run(a) -> tuple[dict, Path]:
     out = Path(a.out or f"reports/suite-{a.prompt_style}-{time.strftime('%Y%m%d-%H%M%S')}")
     parts = load_parts(a)
     from coalm.eval.backends import LocalBackend
+    from engine import inference_dtype
 
+    # outputs depend on the dtype: it names the cache, so a bf16 run never reuses fp32 texts (or the reverse)
+    dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(a.dtype) or str(inference_dtype()).removeprefix("torch.")
     runs = ([] if a.skip_base else [("base", None)]) + ([("adapter", a.adapter)] if a.adapter else [])
-    card = {"suite": "coalm", "prompt_style": a.prompt_style, "model": a.model, "adapter": a.adapter,
+    card = {"suite": "coalm", "prompt_style": a.prompt_style, "model": a.model, "adapter": a.adapter, "dtype": dtype,
             "max_new_tokens": {p: min(n, a.max_new_tokens or n) for p, n in MAX_NEW_TOKENS.items()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": {}, "seconds": {}}
     for label, adapter in runs:
-        tag = a.model if adapter is None else f"{a.model}+{Path(adapter).resolve()}"
+        tag = (a.model if adapter is None else f"{a.model}+{Path(adapter).resolve()}") + f"@{dtype}"
         t0 = time.time()
-        texts = generate_cached(lambda ad=adapter: LocalBackend(a.model, adapter=ad, batch_size=a.batch_size),
+        texts = generate_cached(lambda ad=adapter: LocalBackend(a.model, adapter=ad, batch_size=a.batch_size,
+                                                                         dtype=a.dtype),
                                 parts, out, tag, a.prompt_style, a.batch_size, a.max_new_tokens)
         card["seconds"][label] = round(time.time() - t0, 1)
         card["models"][label] = score(parts, texts)
