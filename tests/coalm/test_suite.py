@@ -119,6 +119,12 @@ def test_oracle_scores_perfect_and_runs_resume(tmp_path, monkeypatch, capsys):
     assert suite.main(ARGS + ["--out", str(tmp_path)]) == 0
     assert Oracle.calls == 5
     assert json.loads((tmp_path / "scorecard.json").read_text())["models"] == card["models"]
+    # outputs depend on the dtype: another dtype regenerates every item, into its own cache
+    other = "fp32" if card["dtype"] == "bfloat16" else "bf16"
+    Oracle.calls = 0
+    assert suite.main(ARGS + ["--out", str(tmp_path), "--dtype", other]) == 0
+    assert Oracle.calls == n
+    assert json.loads((tmp_path / "scorecard.json").read_text())["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[other]
 
 
 @needs_data
