@@ -31,10 +31,13 @@ class LocalBackend:
     def __init__(self, model: str, adapter: str | None = None, batch_size: int = 8, tp: int = 1, dtype: str = "auto",
                  **load_kwargs):
         import engine  # imported here: scoring saved outputs needs no torch
-        from engine.loader import parse_dtype
 
-        # "auto": bf16 where the hardware multiplies it natively (GPUs, AVX512-BF16/AMX CPUs), else fp32
-        self.dtype = engine.inference_dtype() if dtype in (None, "auto") else parse_dtype(dtype)
+        if dtype in (None, "auto"):  # bf16 where the hardware multiplies it natively (GPUs, AVX512-BF16/AMX CPUs)
+            self.dtype = engine.inference_dtype()
+        else:
+            from engine.loader import parse_dtype
+
+            self.dtype = parse_dtype(dtype)
         load_kwargs["dtype"] = self.dtype
         self.name = model if adapter is None else f"{model}+{adapter}"
         self.batch_size = max(1, int(batch_size))

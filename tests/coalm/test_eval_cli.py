@@ -65,8 +65,8 @@ def test_limit_and_default_report_path(tmp_path, monkeypatch):
 def test_generates_with_the_engine_api(tmp_path, monkeypatch):
     calls = []
 
-    def load(name, adapter=None):
-        calls.append(("load", name, adapter))
+    def load(name, adapter=None, dtype=None):
+        calls.append(("load", name, adapter, dtype))
         return "MODEL", "TOK"
 
     def generate(model, tok, prompts, max_new_tokens, temperature):
@@ -75,11 +75,12 @@ def test_generates_with_the_engine_api(tmp_path, monkeypatch):
         calls.append(("generate", len(prompts), max_new_tokens))
         return ["I cannot help with that."] * len(prompts)
 
-    monkeypatch.setitem(sys.modules, "engine", types.SimpleNamespace(load=load, generate=generate))
+    monkeypatch.setitem(sys.modules, "engine", types.SimpleNamespace(load=load, generate=generate,
+                                                                     inference_dtype=lambda: "DTYPE"))
     out = tmp_path / "gen.json"
     argv = ARGS + ["--model", "tiny", "--adapter", "ad", "--batch-size", "5", "--max-new-tokens", "7", "--out", str(out)]
     assert main(argv) == 0
-    assert calls == [("load", "tiny", "ad"), ("generate", 5, 7), ("generate", 5, 7), ("generate", 2, 7)]
+    assert calls == [("load", "tiny", "ad", "DTYPE"), ("generate", 5, 7), ("generate", 5, 7), ("generate", 2, 7)]
     saved = tmp_path / "gen.responses.jsonl"
     assert len(bfcl.read_responses(saved)) == 12
     cats = json.loads(out.read_text())["summary"]["categories"]
