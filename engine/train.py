@@ -172,12 +172,13 @@ def train(cfg: TrainConfig) -> dict:
 
     bar = tqdm(range(start, total), initial=start, total=total, disable=not is_rank0(), dynamic_ncols=True)
     last = {}
+    fsdp = uses_fsdp(cfg.mode, mesh)
     for step in bar:
         t0 = time.perf_counter()
         # this DP rank's slice of the step's rows; the loss weights use the whole step's target count
         step_rows = batches.step_rows(step)
         micro = [make_batch(batches.rendered, idx) for idx in dp_rows(step_rows, mesh, cfg.micro_batch_size)]
-        if uses_fsdp(cfg.mode, mesh):  # each forward all-gathers: as many on every rank (the extra ones weigh 0)
+        if fsdp:  # each forward all-gathers: as many on every rank (the extra ones weigh 0)
             pad = {**make_batch(batches.rendered, step_rows[0][:1]), "n_targets": 0, "pad": True}
             micro += [pad] * dp_pad(step_rows, mesh, cfg.micro_batch_size)
         total_targets = max(1, int(all_reduce_sum([sum(mb["n_targets"] for mb in micro)], mesh, device)[0]))
@@ -201,7 +202,7 @@ def train(cfg: TrainConfig) -> dict:
             ckpts = list_checkpoints(out)
             where = f"the last good checkpoint is {ckpts[-1]}" if ckpts else "no checkpoint had been written yet"
             raise TrainError(f"loss became {loss_sum} at step {step + 1}; stopping ({where}). Try a lower --lr.")
-        if not uses_fsdp(cfg.mode, mesh):  # FSDP2 has reduce-scattered them already (the same SUM)
+        if not fsdp:  # FSDP2 has reduce-scattered them already (the same SUM)
             reduce_gradients(params, mesh)  # DP: sum of the replicas' partial token means = the step's token mean
         gnorm = clip_grad_norm(named, cfg.grad_clip, mesh)
         opt.step()
