@@ -187,9 +187,12 @@ def test_sdpa_path_packed(sdpa_path, causal):
     _assert_within_torch_error(ours, inputs, do, causal=causal, cu_seqlens=cu)
 
 
-def test_sdpa_path_decode(sdpa_path):
-    gen = torch.Generator().manual_seed(5)
-    _assert_decode(flash_attention_decode, [5, 97, 200], 3, 4, 1, 96, torch.float32, gen, device="cpu")
+@pytest.mark.parametrize("lengths,tq", [([5, 97, 200], 3), ([5, 97, 200], 1), ([64, 64], 1), ([64, 64], 4), ([1], 1)])
+def test_sdpa_path_decode(sdpa_path, lengths, tq):
+    """Mixed lengths (masked), equal lengths with one new token (the unmasked branch), several new tokens; the
+    cache always has a stale tail past the longest length, which must not be read."""
+    gen = torch.Generator().manual_seed(5 + tq)
+    _assert_decode(flash_attention_decode, lengths, tq, 4, 1, 96, torch.float32, gen, device="cpu")
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------

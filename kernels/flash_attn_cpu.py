@@ -1,0 +1,78 @@
+"""Flash attention without Triton: the CPU path through torch SDPA (its fused CPU kernels, differentiable through
+autograd) and the plain-torch reference the tests compare against. Layouts as in `kernels.flash_attn`."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+# --------------------------------------------------------------------------------------------------------------
+# CPU path: torch SDPA (its fused CPU kernels; differentiable through autograd)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _sdpa_heads(q, k, v, causal, scale, mask=None):
+    """(..., T, H, D) inputs -> SDPA over (..., H, T, D) with native GQA -> (..., T, H, D)."""
+    if q.dim() == 3:  # one packed sequence: SDPA's fused CPU kernel needs a batch dim (3-D input takes the math
+        return _sdpa_heads(q[None], k[None], v[None], causal, scale, mask)[0]  # path, which keeps T x T probs)
+    q, k, v = q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2)
+    gqa = q.shape[-3] != k.shape[-3]
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale,
+                                       enable_gqa=gqa)
+    return o.transpose(-3, -2)
+
+
+def sdpa(q, k, v, causal, cu_seqlens, scale):
+    if cu_seqlens is None:
+        return _sdpa_heads(q, k, v, causal, scale)
+    # One SDPA call per sequence: no (total x total) mask, and each call takes the fused causal kernel.
+    bounds = cu_seqlens.tolist()
+    outs = [_sdpa_heads(q[s:e], k[s:e], v[s:e], causal, scale) for s, e in itertools.pairwise(bounds) if e > s]
+    return torch.cat(outs, 0) if outs else torch.empty_like(q)
+
+
+def _decode_mask(cache_seqlens, tq, tmax, device):
+    """(B, 1, Tq, Tmax) bool: new token i of sequence b sits at position len_b - Tq + i and sees keys <= it."""
+    pos = cache_seqlens.to(device=device, dtype=torch.long)[:, None] - tq + torch.arange(tq, device=device)
+    return (torch.arange(tmax, device=device)[None, None, :] <= pos[:, :, None])[:, None]
+
+
+def sdpa_decode(q, k_cache, v_cache, cache_seqlens, scale):
+    tq, tmax = q.shape[1], k_cache.shape[1]
+    lens = cache_seqlens.tolist()
+    if min(lens) < tq or max(lens) > tmax:
+        raise ValueError(f"flash_attention_decode: cache_seqlens must lie in [Tq={tq}, Tmax={tmax}], got {lens}")
+    # Only the filled part of the cache: a generation cache is allocated for the longest answer up front, and the
+    # masked-out tail would otherwise cost as much as the rest at every step.
+    tk = max(lens)
+    k, v = k_cache[:, :tk], v_cache[:, :tk]
+    if tq == 1 and min(lens) == tk:  # one new token per sequence, all at the end: it sees every key, no mask
+        return _sdpa_heads(q, k, v, False, scale)
+    return _sdpa_heads(q, k, v, False, scale, _decode_mask(cache_seqlens, tq, tk, q.device))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reference: explicit softmax in the inputs' dtype (any dtype, fp64 included)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def reference(q, k, v, causal, cu_seqlens, scale):
+    """Plain-torch attention (`flash_attention_ref` checks the inputs first)."""
+    if cu_seqlens is None:
+        return torch.stack([_ref_one(q[i], k[i], v[i], causal, scale) for i in range(q.shape[0])])
+    bounds = cu_seqlens.tolist()
+    return torch.cat([_ref_one(q[s:e], k[s:e], v[s:e], causal, scale) for s, e in itertools.pairwise(bounds)])
+
+
+def _ref_one(q, k, v, causal, scale):
+    """One sequence: q (Tq, Hq, D), k/v (Tk, Hkv, D); causal aligned bottom-right (query i sees keys <= i + Tk - Tq)."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    s = torch.einsum("qhd,khd->hqk", q, k) * scale  # (H, Tq, Tk)
+    if causal:
+        tq, tk = q.shape[0], k.shape[0]
+        visible = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+        s = s.masked_fill(~visible, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", torch.softmax(s, dim=-1), v)
