@@ -30,8 +30,8 @@ from .sgd_dst import build_sgd_dst
 SGD_SPLITS = ("train", "dev")
 # The `make agent` mixture: weights are copies of each source's rows (fractions subsample), chosen so that the
 # function-calling formats dominate (BFCL and API-Bank) while DST keeps enough rows for MultiWOZ.
-AGENT_WEIGHTS = {"synth_la": 1.0, "sgd_la": 1.0, "snips_dst": 0.1, "sgd_dst": 0.25, "sgd_cra": 0.08}
-AGENT_SYNTH_ROWS = 3000
+AGENT_WEIGHTS = {"synth_la": 1.0, "sgd_la": 1.0, "snips_dst": 0.1, "sgd_dst": 0.25, "sgd_cra": 0.15}
+AGENT_SYNTH_ROWS = 3400
 SOURCE_FOLDERS = {"snips_dst": "snips", "sgd_la": "sgd", "sgd_cra": "sgd", "sgd_dst": "sgd", "synth_la": None}
 
 

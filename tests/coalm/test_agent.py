@@ -55,6 +55,28 @@ def test_sgd_dst_rows_carry_the_conversation_and_cumulative_state():
         "restaurant", "bus", "service", "music", "rentalcar"]
 
 
+@needs_data
+def test_sgd_dst_answers_use_the_names_the_instruction_lists():
+    """Every answer's domain and slots are among those the row's instruction lists for that domain (SGD's several
+    schemas per domain included), and part of the rows rename them, so the names must be read, not remembered."""
+    rows = build_sgd_dst(ROOT, "train", seed=5)
+    schema = json.loads((ROOT / "sgd" / "train" / "schema.json").read_text())
+    sgd_slots = {x["name"] for sv in schema for x in sv["slots"]}
+    renamed = 0
+    for r in rows:
+        st = F.parse_dst(r["output"])
+        listed = dict(ln[2:].split(": ", 1) for ln in r["instruction"].splitlines() if ln.startswith("- "))
+        assert st["domain"] in listed, (st["domain"], list(listed))
+        slots = listed[st["domain"]].split(", ")
+        assert len(set(slots)) == len(slots)
+        assert set(st["slot_values"]) <= set(slots), (st, slots)
+        renamed += any(k not in sgd_slots for k in st["slot_values"])
+    assert 0.2 * len(rows) < renamed < 0.8 * len(rows)
+    assert build_sgd_dst(ROOT, "train", seed=5, rename=0.0) != rows
+    assert all(set(F.parse_dst(r["output"])["slot_values"]) <= sgd_slots
+               for r in build_sgd_dst(ROOT, "train", seed=5, rename=0.0))
+
+
 def test_cli_errors_name_the_missing_folder(tmp_path, capsys):
     assert main(["build", "--data-root", str(tmp_path), "--out", str(tmp_path / "x.jsonl"), "--synth-rows", "10"]) == 2
     err = capsys.readouterr().err.strip()

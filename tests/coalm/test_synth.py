@@ -85,6 +85,8 @@ def test_patterns_no_call_rows_and_multiple_calls():
             assert len(names) >= 2 and len(set(names)) == 1
         elif pattern == "multi":
             assert len(set(names)) == len(names) >= 2
+        elif pattern == "parallel_multi":  # several functions, one of them called more than once
+            assert len(set(names)) >= 2 and len(names) > len(set(names))
         elif pattern == "dialogue":
             assert row["input"].startswith("User: ") and "\nAI: " in row["input"] and len(calls) == 1
             if "\nAPI: [login_user(" in row["input"]:
@@ -92,6 +94,23 @@ def test_patterns_no_call_rows_and_multiple_calls():
                 assert calls[0]["arguments"]["token"] == token
         else:
             assert len(calls) == 1
+
+
+def test_parallel_rows_list_one_parameter_and_share_the_rest():
+    """BFCL words parallel questions as one clause with a list ("in Berlin and Paris next Friday"): such rows differ
+    in exactly one argument across calls, and the listed values appear in the query joined with "and"."""
+    shared = 0
+    for row in ROWS:
+        if row["meta"]["pattern"] != "parallel":
+            continue
+        calls = F.parse_calls(row["output"])
+        args = [c["arguments"] for c in calls]
+        varying = {k for a in args for k in a if any(b.get(k) != a.get(k) for b in args)}
+        if len(varying) == 1 and all(a.keys() == args[0].keys() for a in args):
+            (k,) = varying
+            if " and " in row["input"] and len({json.dumps(a[k]) for a in args}) == len(args):
+                shared += 1
+    assert shared >= 20
 
 
 def test_values_are_copied_or_converted_from_the_query():
