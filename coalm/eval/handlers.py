@@ -136,22 +136,27 @@ def apibank_call_messages(history: list[dict], descs: list[dict]) -> list[dict]:
             {"role": "user", "content": "\n".join(apibank_lines(history))}]
 
 
-def apibank_response_messages(history: list[dict], descs: list[dict]) -> list[dict]:
-    """CRA: the conversation before the last user turn in the instruction; that turn, a thought, the call as an
-    Action and its result as an Observation in the input."""
-    last_user = max((i for i, h in enumerate(history) if h["role"] == "User"), default=0)
-    funcs = [(d["name"], list(d.get("input_parameters") or {}), d.get("description", "")) for d in descs]
-    before = [ln.replace("AI: ", "System: ", 1) if ln.startswith("AI: ") else ln
-              for ln in apibank_lines(history[:last_user])]
+def _cra_lines(history: list[dict]) -> list[str]:
+    """API-Bank turns as CRA lines: `User:`, `System:` (the AI's turns), and each API call as the Thought, Action and
+    Observation lines the CRA training rows write (`coalm.data.builders.build_sgd_cra`)."""
     lines = []
-    for h in history[last_user:]:
+    for h in history:
         if h["role"] == "API":
             lines += [f"Thought: I have what I need, so I will call {h['api_name']}.",
                       F.format_action(h["api_name"], h["param_dict"]), F.format_observation(h["result"]["output"])]
         else:
             lines.append(f"{'System' if h['role'] == 'AI' else h['role']}: {h['text']}")
-    return [{"role": "system", "content": F.cra_instruction(funcs, before)},
-            {"role": "user", "content": "\n".join(lines)}]
+    return lines
+
+
+def apibank_response_messages(history: list[dict], descs: list[dict]) -> list[dict]:
+    """CRA: the conversation before the last user turn in the instruction; that turn, a thought, the call as an
+    Action and its result as an Observation in the input. Earlier calls are Action/Observation lines too (not the
+    `API: [...]` lines of the call prompt): a model trained on CRA rows otherwise echoes that bracket form."""
+    last_user = max((i for i, h in enumerate(history) if h["role"] == "User"), default=0)
+    funcs = [(d["name"], list(d.get("input_parameters") or {}), d.get("description", "")) for d in descs]
+    return [{"role": "system", "content": F.cra_instruction(funcs, _cra_lines(history[:last_user]))},
+            {"role": "user", "content": "\n".join(_cra_lines(history[last_user:]))}]
 
 
 def _as_apibank_value(v) -> str:

@@ -14,14 +14,16 @@ Parts (each through its benchmark module, scored by its own checker):
 `--limit-per-bench N` sets all three limits. With `--adapter` the base model is scored first, then the adapter.
 
 Outputs in `--out`: scorecard.json, scorecard.md (a table), scorecard.png (bars, when matplotlib is installed) and
-cache/<model>/<style>/<part>-max<tokens>.jsonl, one generated text per item, appended as it is made: a run that is stopped
-and started again with the same flags generates only the items not yet cached. An adapter trained on another base
+cache/<model>/<style>/<part>-max<tokens>.jsonl, one generated text per item with a fingerprint of its prompt, appended
+as it is made: a run that is stopped and started again with the same flags generates only the items not yet cached,
+and an item whose prompt has changed since (another prompt handler, other data) is generated again. An adapter trained on another base
 model is refused before anything is generated.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -121,6 +123,11 @@ def _cache_path(out: Path, model_tag: str, style: str, part: str) -> Path:
     return out / "cache" / safe / style / (part.replace(":", "-") + ".jsonl")
 
 
+def prompt_key(messages: list[dict]) -> str:
+    """A fingerprint of one item's prompt: cached text is reused only for the very prompt it answered."""
+    return hashlib.sha256(json.dumps(messages, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def generate_cached(backend_factory, parts, out: Path, model_tag: str, style: str, batch_size: int,
                     cap: int | None = None) -> dict:
     """{part: {id: text}}; cached texts are reused, the rest generated (longest prompts first, similar lengths
@@ -131,12 +138,13 @@ def generate_cached(backend_factory, parts, out: Path, model_tag: str, style: st
     for part, exs in parts.items():
         budget = min(MAX_NEW_TOKENS[part], cap or MAX_NEW_TOKENS[part])
         path = _cache_path(out, model_tag, style, f"{part}-max{budget}")  # another budget: other outputs
-        done = {}
+        done, keys = {}, {ex["id"]: prompt_key(ex["messages"]) for ex in exs}
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
                 if line.strip():
                     row = json.loads(line)
-                    done[row["id"]] = row["text"]
+                    if row.get("prompt") == keys.get(row["id"]):  # a later line for an id replaces an earlier one
+                        done[row["id"]] = row["text"]
         todo = sorted((ex for ex in exs if ex["id"] not in done),
                       key=lambda ex: -sum(len(m["content"]) for m in ex["messages"]))
         if todo:
@@ -149,7 +157,8 @@ def generate_cached(backend_factory, parts, out: Path, model_tag: str, style: st
                     outs = backend.chat([ex["messages"] for ex in batch], max_new_tokens=budget)
                     for ex, text in zip(batch, outs):
                         done[ex["id"]] = text
-                        f.write(json.dumps({"id": ex["id"], "text": text}, ensure_ascii=False) + "\n")
+                        f.write(json.dumps({"id": ex["id"], "prompt": keys[ex["id"]], "text": text},
+                                           ensure_ascii=False) + "\n")
                     f.flush()
                     bar.update(len(batch))
             bar.close()

@@ -130,6 +130,17 @@ def test_apibank_response_samples_in_cra_format():
     assert F.parse_action(next(x for x in user["content"].splitlines() if x.startswith("Action: "))) is not None
     rep = api_bank.evaluate([ex], {ex["id"]: "System: " + ex["gold"]["text"]})
     assert rep["summary"]["levels"]["level-1"]["rouge_l"] == pytest.approx(1.0)
+    # every sample: the whole conversation, earlier calls included, in CRA lines (the form the CRA rows train on),
+    # each call as an Action that parses back to the call API-Bank logged
+    earlier = 0
+    for ex in exs:
+        system, user = ex["messages"]
+        text = system["content"] + "\n" + user["content"]
+        assert "API: [" not in text and "AI: " not in text
+        actions = [F.parse_action(x) for x in text.splitlines() if x.startswith("Action: ")]
+        assert actions and all(a is not None for a in actions)
+        earlier += "\nAction: " in system["content"]
+    assert earlier > 0
 
 
 def test_decode_la_and_multiwoz_merge():

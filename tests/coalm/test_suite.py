@@ -119,6 +119,15 @@ def test_oracle_scores_perfect_and_runs_resume(tmp_path, monkeypatch, capsys):
     assert suite.main(ARGS + ["--out", str(tmp_path)]) == 0
     assert Oracle.calls == 5
     assert json.loads((tmp_path / "scorecard.json").read_text())["models"] == card["models"]
+    # a prompt that changed since its text was cached (another handler, other data): that item is generated again
+    rows = [json.loads(x) for x in cache.read_text().splitlines()]
+    rows[0]["prompt"], rows[1]["prompt"] = "0" * 16, None
+    del rows[2]["prompt"]
+    cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Oracle.calls = 0
+    assert suite.main(ARGS + ["--out", str(tmp_path)]) == 0
+    assert Oracle.calls == 3
+    assert json.loads((tmp_path / "scorecard.json").read_text())["models"] == card["models"]
     # outputs depend on the dtype: another dtype regenerates every item, into its own cache
     other = "fp32" if card["dtype"] == "bfloat16" else "bf16"
     Oracle.calls = 0
