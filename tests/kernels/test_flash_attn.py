@@ -187,12 +187,14 @@ def test_sdpa_path_packed(sdpa_path, causal):
     _assert_within_torch_error(ours, inputs, do, causal=causal, cu_seqlens=cu)
 
 
-@pytest.mark.parametrize("lengths,tq", [([5, 97, 200], 3), ([5, 97, 200], 1), ([64, 64], 1), ([64, 64], 4), ([1], 1)])
-def test_sdpa_path_decode(sdpa_path, lengths, tq):
-    """Mixed lengths (masked), equal lengths with one new token (the unmasked branch), several new tokens; the
-    cache always has a stale tail past the longest length, which must not be read."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lengths,tq", [([5, 97, 200], 3), ([5, 97, 200], 1), ([64, 64], 1), ([64, 64], 4), ([1], 1),
+                                        ([40, 33], 17)])
+def test_sdpa_path_decode(sdpa_path, lengths, tq, dtype):
+    """Mixed lengths (masked), equal lengths with one new token (the unmasked branch), several new tokens (17: past
+    the bf16/fp16 upcast limit); the cache always has a stale tail past the longest length, which must not be read."""
     gen = torch.Generator().manual_seed(5 + tq)
-    _assert_decode(flash_attention_decode, lengths, tq, 4, 1, 96, torch.float32, gen, device="cpu")
+    _assert_decode(flash_attention_decode, lengths, tq, 4, 1, 96, dtype, gen, device="cpu")
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------
