@@ -36,7 +36,7 @@ def domain_name(service: str) -> str:
 SLOT_ALIASES = {
     "city": ("area", "location", "town"), "price_range": ("pricerange", "price range", "price"),
     "cuisine": ("food", "food type"), "category": ("type", "kind"), "star_rating": ("stars", "rating"),
-    "destination": ("destination", "to"), "to_location": ("destination", "to"), "to_city": ("destination", "to"),
+    "destination": ("to",), "to_location": ("destination", "to"), "to_city": ("destination", "to"),
     "from_location": ("departure", "from"), "origin": ("departure", "from"), "origin_city": ("departure", "from"),
     "from_city": ("departure", "from"), "number_of_days": ("book stay", "nights", "stay"),
     "has_wifi": ("internet", "wifi"), "leaving_time": ("leaveat", "leave at", "departure time"),
@@ -94,8 +94,8 @@ def build_sgd_dst(root: str | Path, split: str = "train", seed: int = 0, history
         rng.shuffle(shown_services)
         domains: dict[str, list[str]] = {}
         for sv in shown_services:  # two services of one domain in a dialogue: their slots together
-            domains.setdefault(domain_name(sv), [])
-            domains[domain_name(sv)] += [x for x in slots[sv] if x not in domains[domain_name(sv)]]
+            listed = domains.setdefault(domain_name(sv), [])
+            listed += [x for x in slots[sv] if x not in listed]
         dom_map, slot_map = renaming(rng, domains) if rng.random() < rename else ({}, {})
         instruction = F.dst_instruction({dom_map.get(d, d): [slot_map.get(d, {}).get(x, x) for x in xs]
                                          for d, xs in domains.items()})

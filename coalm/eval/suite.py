@@ -16,8 +16,8 @@ Parts (each through its benchmark module, scored by its own checker):
 Outputs in `--out`: scorecard.json, scorecard.md (a table), scorecard.png (bars, when matplotlib is installed) and
 cache/<model>/<style>/<part>-max<tokens>.jsonl, one generated text per item with a fingerprint of its prompt, appended
 as it is made: a run that is stopped and started again with the same flags generates only the items not yet cached,
-and an item whose prompt has changed since (another prompt handler, other data) is generated again. An adapter trained on another base
-model is refused before anything is generated.
+and an item whose prompt has changed since (another prompt handler, other data) is generated again. An adapter
+trained on another base model is refused before anything is generated.
 """
 
 from __future__ import annotations
