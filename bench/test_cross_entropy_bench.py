@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import DEVICE, ON_GPU, median_time, pick, sync
 
-from kernels.cross_entropy import cross_entropy_ref, fused_linear_cross_entropy
+from coalm_kernels.cross_entropy import cross_entropy_ref, fused_linear_cross_entropy
 
 TOKENS, HIDDEN, VOCAB = pick(512, 4096), pick(256, 4096), pick(8192, 128256)
 DTYPE = pick(torch.float32, torch.bfloat16)

@@ -19,7 +19,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.conftest import DEVICE, ON_GPU, median_time, pick, sync
-from kernels.flash_attn import flash_attention
+from coalm_kernels.flash_attn import flash_attention
 
 try:
     from flash_attn import flash_attn_func

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from bench.conftest import DEVICE, ON_GPU, bnb_dequantizer, median_time, pick, sync
-from kernels.lora_matmul import lora_linear
-from kernels.nf4 import quantize_nf4
+from coalm_kernels.lora_matmul import lora_linear
+from coalm_kernels.nf4 import quantize_nf4
 
 M, K, N, R = pick((128, 256, 512, 16), (4096, 4096, 14336, 16))
 DTYPE = pick(torch.float32, torch.bfloat16)

@@ -1,4 +1,4 @@
-"""NF4 inference on CPU (`engine.load(..., quantize="nf4")`, kernels.native): decode, prefill, bandwidth, memory.
+"""NF4 inference on CPU (`engine.load(..., quantize="nf4")`, coalm_kernels.native): decode, prefill, bandwidth, memory.
 
     python -m pytest bench/test_native_decode.py --benchmark-only -q -s
 

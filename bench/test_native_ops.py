@@ -2,10 +2,10 @@
 
     python -m pytest bench/test_native_ops.py --benchmark-only -q -s
 
-- dequantization (`kernels.native.nf4_dequantize`, what `kernels.nf4.dequantize_nf4` runs on CPU) of SmolLM2's
+- dequantization (`coalm_kernels.native.nf4_dequantize`, what `coalm_kernels.nf4.dequantize_nf4` runs on CPU) of SmolLM2's
   MLP weight (1536 x 576) and of a Llama 3.2 1B MLP weight (8192 x 2048), blocksize 64, double-quantized, to fp32,
   against bitsandbytes `dequantize_4bit` and a plain copy of the same bytes (bench/test_nf4_bench.py's accounting);
-- the QLoRA linear (`kernels.lora_matmul.lora_linear`, NF4 base + rank-16 LoRA, fp32) forward and forward+backward
+- the QLoRA linear (`coalm_kernels.lora_matmul.lora_linear`, NF4 base + rank-16 LoRA, fp32) forward and forward+backward
   over 512 tokens of SmolLM2's MLP shape, against bitsandbytes dequantize + torch matmuls (PEFT's QLoRA path);
 - nf4_linear at decode sizes (M = 1, 8) against bitsandbytes dequantize + matmul and against torch's fp32 matmul on
   the dense weight.
@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from bench.conftest import ON_GPU, bnb_dequantizer, median_time
-from kernels import native
-from kernels.lora_matmul import lora_linear
-from kernels.nf4 import quantize_nf4
+from coalm_kernels import native
+from coalm_kernels.lora_matmul import lora_linear
+from coalm_kernels.nf4 import quantize_nf4
 
 if ON_GPU:
     pytest.skip("CPU benchmark of the native ops", allow_module_level=True)

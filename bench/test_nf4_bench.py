@@ -12,7 +12,7 @@ it moves the same total: ratio = copy time / our time is the fraction of copy ba
 import torch
 
 from bench.conftest import DEVICE, ON_GPU, bnb_dequantizer, median_time, pick, sync
-from kernels.nf4 import dequantize_nf4, quantize_nf4
+from coalm_kernels.nf4 import dequantize_nf4, quantize_nf4
 
 ROWS, COLS = pick((1024, 1024), (14336, 4096))
 DTYPE = pick(torch.float32, torch.bfloat16)

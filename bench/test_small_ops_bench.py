@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from conftest import DEVICE, median_time, pick, sync
 
-from kernels.rms_norm import rms_norm
-from kernels.rope import apply_rope, rope_cos_sin, rope_frequencies
-from kernels.swiglu import swiglu
+from coalm_kernels.rms_norm import rms_norm
+from coalm_kernels.rope import apply_rope, rope_cos_sin, rope_frequencies
+from coalm_kernels.swiglu import swiglu
 
 DTYPE = pick(torch.float32, torch.bfloat16)
 TOKENS = pick(512, 16384)

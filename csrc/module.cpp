@@ -1,5 +1,5 @@
-// `kernels._C`: an empty Python module whose import loads this library, so that its TORCH_LIBRARY blocks register
-// the coalm:: ops with torch (kernels/native.py imports it). A Python module, not a bare .so, so that the import
+// `coalm_kernels._C`: an empty Python module whose import loads this library, so that its TORCH_LIBRARY blocks register
+// the coalm:: ops with torch (coalm_kernels/native.py imports it). A Python module, not a bare .so, so that the import
 // system finds it wherever the install put it (an editable install keeps it outside the source tree).
 #include <Python.h>
 

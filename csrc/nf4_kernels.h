@@ -4,7 +4,7 @@
 // there with AVX-512 could be the copy the linker keeps for the whole library, and would then fault on an AVX2 CPU.
 // For the same reason every helper in this header is `static inline` (one private copy per file).
 //
-// Layout (bitsandbytes NF4, see kernels/nf4.py): the weight, flattened row-major, is cut into blocks of `blocksize`
+// Layout (bitsandbytes NF4, see coalm_kernels/nf4.py): the weight, flattened row-major, is cut into blocks of `blocksize`
 // values, two 4-bit codes per byte (first value in the high nibble); block b's scale is either fp32 absmax[b] or,
 // double-quantized, code2[qabsmax[b]] * absmax2[b / 256] + offset (two fp32 roundings, as bitsandbytes: every
 // file is built with -ffp-contract=off so that the compiler does not fuse them).

@@ -173,7 +173,7 @@ at::Tensor nf4_linear(const at::Tensor& x, const at::Tensor& packed, const at::T
   return y.view(out_shape);
 }
 
-// NF4 quantization of fp32 `w` (flat) with bitsandbytes' CPU rules (kernels/nf4.py quantize_nf4): absmax = max |w|
+// NF4 quantization of fp32 `w` (flat) with bitsandbytes' CPU rules (coalm_kernels/nf4.py quantize_nf4): absmax = max |w|
 // per block; a full block is scaled by the fp32 reciprocal of its absmax, a short last block divided by it; clamped to
 // [-1, 1]; the code is the number of code-book midpoints `mids` strictly below (ties go low). Returns (packed, absmax).
 std::tuple<at::Tensor, at::Tensor> nf4_quantize(const at::Tensor& w, const at::Tensor& mids, int64_t blocksize) {

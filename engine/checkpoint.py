@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .dist import is_rank0, print0, world_size
-from .fsdp import gather_optimizer, gather_params, is_sharded, load_sharded, unsharded_copy
-from .mesh import current_mesh
+from .parallel.dist import is_rank0, print0, world_size
+from .parallel.fsdp import gather_optimizer, gather_params, is_sharded, load_sharded, unsharded_copy
+from .parallel.mesh import current_mesh
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -47,7 +47,7 @@ def _save_adapter(model, cfg, directory: Path):
 
     base, _, revision = portable_name(cfg.model).partition("@")  # PEFT takes the revision as its own key
     if cfg.tp > 1:
-        from .parallel import save_adapter_parallel
+        from .parallel.tp import save_adapter_parallel
 
         save_adapter_parallel(model, directory, base_model=base, write=current_mesh().dp_rank == 0)
     elif is_rank0():

@@ -11,6 +11,8 @@ import sys
 
 import torch
 
+from .loader import DTYPE_CHOICES, DTYPE_HELP
+
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
     """logits (B, V) -> next token ids (B,)."""
@@ -140,6 +142,7 @@ def main(argv=None):
     p.add_argument("--random-init", action="store_true", help="random weights (throughput tests)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun)")
     p.add_argument("--quantize", choices=["nf4"], default=None, help="NF4 base weights (QLoRA's format)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     a = p.parse_args(argv)
     bad = check_sampling(a.max_new_tokens, a.temperature, a.top_p)
     if bad:
@@ -148,8 +151,10 @@ def main(argv=None):
     try:
         import engine
 
+        from .loader import resolve_dtype
+
         model, tok = engine.load(a.model, adapter=a.adapter, random_init=a.random_init, tp=a.tp,
-                                 quantize=a.quantize)
+                                 quantize=a.quantize, dtype=resolve_dtype(a.dtype, announce=True))
         prompts = []
         for text in a.prompt:
             if a.raw:
@@ -161,7 +166,7 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from .dist import is_rank0
+    from .parallel.dist import is_rank0
 
     if is_rank0():
         for text in outs:

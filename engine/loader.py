@@ -40,6 +40,24 @@ def inference_dtype(device=None) -> torch.dtype:
     return torch.bfloat16 if native else torch.float32
 
 
+DTYPE_CHOICES = ("auto", *DTYPES)
+DTYPE_HELP = "auto (default): bf16 on GPUs and on CPUs with AVX512-BF16/AMX, else fp32"
+
+
+def resolve_dtype(name: str | None = "auto", device=None, announce: bool = False) -> torch.dtype:
+    """The one inference dtype rule of `engine.generate`, `engine.serve` and `coalm.eval` (`--dtype`): "auto" (or
+    None) is `inference_dtype(device)`, anything else goes through `parse_dtype`. With `announce`, says on stderr
+    which dtype was chosen and why, so the same model gives the same text in every tool and the user sees it."""
+    dtype = inference_dtype(device) if name in (None, "auto") else parse_dtype(name)
+    if announce:
+        import sys
+
+        why = "auto: native bf16 on this device" if name in (None, "auto") and dtype == torch.bfloat16 else (
+            "auto: no native bf16 on this device" if name in (None, "auto") else "--dtype")
+        print(f"dtype: {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr, flush=True)
+    return dtype
+
+
 def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None, dtype: torch.dtype | None = None,
          device: str | torch.device | None = None, random_init: bool = False, seed: int = 0, tp: int = 1,
          quantize: str | None = None):
@@ -47,9 +65,9 @@ def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None,
 
     source: a preset or alias (`smollm2-135m` is embedded; Llama presets need `random_init=True`, or a checkpoint
     directory), a directory with config.json + safetensors, or a .gguf file. adapter: a PEFT LoRA adapter directory.
-    tp: under torchrun, load this rank's part of a `tp`-way tensor-parallel model: `engine.mesh` builds the (dp, tp)
+    tp: under torchrun, load this rank's part of a `tp`-way tensor-parallel model: `engine.parallel.mesh` builds the (dp, tp)
     grid (refusing a world size or model that `tp` does not divide before anything is read), the model is sharded
-    on the meta device, and the per-tensor hook `engine.parallel.TPShard` reads only this rank's rows or columns.
+    on the meta device, and the per-tensor hook `engine.parallel.tp.TPShard` reads only this rank's rows or columns.
     device: default cuda:LOCAL_RANK under torchrun, cuda on one GPU, else cpu.
     quantize: "nf4" stores the block linears 4-bit as QLoRA does, the adapter unmerged on top (engine/quantize.py).
     """
@@ -71,8 +89,8 @@ def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None,
                                f"(--checkpoint DIR with config.json + safetensors) or random_init=True")
     shard = None
     if tp != 1:
-        from .mesh import init_mesh
-        from .parallel import TPShard, check_tp
+        from .parallel.mesh import init_mesh
+        from .parallel.tp import TPShard, check_tp
 
         if args is not None:
             check_tp(args, tp)

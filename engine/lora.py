@@ -3,7 +3,7 @@
     y = x @ W^T + (alpha / r) * (x @ A^T) @ B^T        W frozen (dense, or NF4 for QLoRA); A (r, in), B (out, r)
 
 A starts Kaiming-uniform and B at zero (as PEFT does), so a fresh adapter leaves the model unchanged. The forward is
-`kernels.lora_matmul.lora_linear`, which fuses the base matmul, the NF4 dequantization and the low-rank term on
+`coalm_kernels.lora_matmul.lora_linear`, which fuses the base matmul, the NF4 dequantization and the low-rank term on
 GPUs. Adapters are saved as PEFT writes them (`adapter_config.json` + `adapter_model.safetensors` with names like
 `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`), so `peft.PeftModel.from_pretrained` loads them
 onto the transformers model, and ours load PEFT's.
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.lora_matmul import lora_linear
-from kernels.nf4 import NF4Weight, dequantize_nf4, quantize_nf4
+from coalm_kernels.lora_matmul import lora_linear
+from coalm_kernels.nf4 import NF4Weight, dequantize_nf4, quantize_nf4
 
 from .model import parse_peft_lora_name, peft_lora_name
 
@@ -100,7 +100,7 @@ def apply_lora(model, rank: int = 16, alpha: float = 32, targets=None, dropout: 
     blocks = list(model.layers)  # every target lives in a block; one block at a time also paces the progress bar
     from tqdm import tqdm
 
-    from .dist import is_rank0
+    from .parallel.dist import is_rank0
 
     for block in tqdm(blocks, desc="quantizing to NF4", unit="block", leave=False,
                       disable=not quantize or not is_rank0()):
@@ -184,7 +184,7 @@ def _targets_from_config(cfg) -> list[str]:
 def load_adapter(model, directory: str | Path, quantize: bool = False, shard=None):
     """Apply the adapter in `directory` (PEFT format) to `model`, adding LoRA layers if it has none.
 
-    shard: the loader's per-tensor hook (`engine.parallel.TPShard` on a tensor-parallel rank): called as
+    shard: the loader's per-tensor hook (`engine.parallel.tp.TPShard` on a tensor-parallel rank): called as
     shard(our parameter name, full tensor), it returns this rank's part."""
     cfg, weights = read_adapter(directory)
     if not lora_modules(model):

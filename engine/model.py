@@ -2,7 +2,7 @@
 
 Module names follow Hugging Face's LlamaForCausalLM (`layers.N.self_attn.q_proj`, `mlp.gate_proj`, ...) so that
 checkpoints load by name and LoRA adapters save with the names PEFT expects. Build on the meta device and assign
-weights at load (`engine.weights`); constructors never touch a device. Every hot op goes through `kernels`, which
+weights at load (`engine.weights`); constructors never touch a device. Every hot op goes through `coalm_kernels`, which
 runs Triton on CUDA tensors and plain torch (SDPA for attention) on CPU tensors.
 
 Three ways to run attention, chosen by the arguments of `forward`:
@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.cross_entropy import fused_linear_cross_entropy
-from kernels.flash_attn import flash_attention, flash_attention_decode
-from kernels.rms_norm import rms_norm
-from kernels.rope import apply_rope, rope_cos_sin, rope_frequencies
-from kernels.swiglu import swiglu
+from coalm_kernels.cross_entropy import fused_linear_cross_entropy
+from coalm_kernels.flash_attn import flash_attention, flash_attention_decode
+from coalm_kernels.rms_norm import rms_norm
+from coalm_kernels.rope import apply_rope, rope_cos_sin, rope_frequencies
+from coalm_kernels.swiglu import swiglu
 
 from .config import ModelArgs
 

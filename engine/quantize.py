@@ -11,8 +11,8 @@ model dtype (bitsandbytes' QLoRA leaves the output layer unquantized too). With 
 the QLoRA training layers themselves (`LoRALinear` with an NF4 base, unmerged), so the logits are those of the
 training forward; the remaining block linears are NF4 without an update.
 
-CPU: `kernels.native.nf4_linear` (decode inside the matmul, AVX-512 / AVX2, see docs/native.md). CUDA: the fused
-Triton QLoRA kernel (`kernels.lora_matmul.lora_linear`) with a zero rank-1 update; that path is not tested on a GPU.
+CPU: `coalm_kernels.native.nf4_linear` (decode inside the matmul, AVX-512 / AVX2, see docs/native.md). CUDA: the fused
+Triton QLoRA kernel (`coalm_kernels.lora_matmul.lora_linear`) with a zero rank-1 update; that path is not tested on a GPU.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import gc
 import torch
 from torch import nn
 
-from kernels import native
-from kernels.lora_matmul import lora_linear
-from kernels.nf4 import NF4Weight, dequantize_nf4, quantize_nf4
+from coalm_kernels import native
+from coalm_kernels.lora_matmul import lora_linear
+from coalm_kernels.nf4 import NF4Weight, dequantize_nf4, quantize_nf4
 
 QUANTIZE = ("nf4",)
 

@@ -18,6 +18,8 @@ import logging
 import socket
 import sys
 
+from .loader import DTYPE_CHOICES, DTYPE_HELP
+
 DEFAULT_BATCH = 16
 
 
@@ -27,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="PEFT LoRA adapter directory to apply")
     p.add_argument("--quantize", choices=["nf4"], help="load the base weights quantized (NF4)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (launch with torchrun)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port to bind (0: any free port)")
     p.add_argument("--api-key", help="require this bearer token on /v1/ routes")
@@ -48,7 +51,9 @@ def _load(a):
     from .serving.runner import Runner
     from .serving.scheduler import Scheduler
 
-    kwargs = {"adapter": a.adapter, "random_init": a.random_init}
+    from .loader import resolve_dtype
+
+    kwargs = {"adapter": a.adapter, "random_init": a.random_init, "dtype": resolve_dtype(a.dtype, announce=True)}
     if a.tp > 1:
         kwargs["tp"] = a.tp  # under torchrun: this rank's shard (engine.load's per-tensor hook)
     if a.quantize:  # engine.load's quantize option belongs to the NF4 loader; pass it only when asked

@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
-from .data_parallel import all_reduce_sum, clip_grad_norm, dp_pad, dp_rows, rank_device, reduce_gradients
-from .dist import is_rank0, print0
-from .fsdp import describe, shard_model, uses_fsdp
+from .parallel.data_parallel import all_reduce_sum, clip_grad_norm, dp_pad, dp_rows, rank_device, reduce_gradients
+from .parallel.dist import is_rank0, print0
+from .parallel.fsdp import describe, shard_model, uses_fsdp
 from .loader import parse_dtype
-from .mesh import current_mesh, init_mesh
+from .parallel.mesh import current_mesh, init_mesh
 from .metrics import (
     MetricsLogger,
     check_loggers,
@@ -86,7 +86,7 @@ def load_model(cfg: TrainConfig, device, dtype):
     if cfg.mode == "full":
         model.requires_grad_(True)
     elif cfg.tp > 1:
-        from .parallel import apply_lora_parallel
+        from .parallel.tp import apply_lora_parallel
 
         apply_lora_parallel(model, cfg.lora_rank, cfg.lora_alpha, dropout=cfg.lora_dropout,
                             quantize=cfg.mode == "qlora", seed=cfg.seed)

@@ -93,7 +93,7 @@ def load_hf_state_dict(directory: Path, expected: dict[str, torch.Size], dtype=N
     out = {}
     from tqdm import tqdm
 
-    from .dist import is_rank0
+    from .parallel.dist import is_rank0
 
     for f, names in tqdm(by_file.items(), desc="loading shards", unit="shard", leave=False,
                          disable=len(by_file) < 2 or not is_rank0()):

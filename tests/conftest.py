@@ -1,7 +1,7 @@
 """Test-wide setup.
 
 Triton decides at decoration time whether a kernel runs in its interpreter, so TRITON_INTERPRET must be set
-before `kernels` is imported. On a machine without CUDA we set it for the whole session; the kernel
+before `coalm_kernels` is imported. On a machine without CUDA we set it for the whole session; the kernel
 dispatch reads it again at call time, so every test outside tests/kernels removes it and the engine runs on
 the plain-torch `_ref` paths, as it does for users on a CPU.
 """

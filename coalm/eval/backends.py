@@ -32,12 +32,9 @@ class LocalBackend:
                  **load_kwargs):
         import engine  # imported here: scoring saved outputs needs no torch
 
-        if dtype in (None, "auto"):  # bf16 where the hardware multiplies it natively (GPUs, AVX512-BF16/AMX CPUs)
-            self.dtype = engine.inference_dtype()
-        else:
-            from engine.loader import parse_dtype
+        from engine.loader import resolve_dtype
 
-            self.dtype = parse_dtype(dtype)
+        self.dtype = resolve_dtype(dtype, announce=True)  # the rule engine.generate and engine.serve use
         load_kwargs["dtype"] = self.dtype
         self.name = model if adapter is None else f"{model}+{adapter}"
         self.batch_size = max(1, int(batch_size))

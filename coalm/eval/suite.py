@@ -243,11 +243,10 @@ def run(a) -> tuple[dict, Path]:
     out = Path(a.out or f"reports/suite-{a.prompt_style}-{time.strftime('%Y%m%d-%H%M%S')}")
     parts = load_parts(a)
     from coalm.eval.backends import LocalBackend
-    from engine import inference_dtype
-    from engine.loader import parse_dtype
+    from engine.loader import resolve_dtype
 
     # outputs depend on the dtype: it names the cache, so a bf16 run never reuses fp32 texts (or the reverse)
-    dtype = str(inference_dtype() if a.dtype == "auto" else parse_dtype(a.dtype)).removeprefix("torch.")
+    dtype = str(resolve_dtype(a.dtype)).removeprefix("torch.")
     runs = ([] if a.skip_base else [("base", None)]) + ([("adapter", a.adapter)] if a.adapter else [])
     card = {"suite": "coalm", "prompt_style": a.prompt_style, "model": a.model, "adapter": a.adapter, "dtype": dtype,
             "max_new_tokens": {p: min(n, a.max_new_tokens or n) for p, n in MAX_NEW_TOKENS.items()},

@@ -75,8 +75,9 @@ def test_generates_with_the_engine_api(tmp_path, monkeypatch):
         calls.append(("generate", len(prompts), max_new_tokens))
         return ["I cannot help with that."] * len(prompts)
 
-    monkeypatch.setitem(sys.modules, "engine", types.SimpleNamespace(load=load, generate=generate,
-                                                                     inference_dtype=lambda: "DTYPE"))
+    monkeypatch.setitem(sys.modules, "engine", types.SimpleNamespace(load=load, generate=generate))
+    monkeypatch.setitem(sys.modules, "engine.loader", types.SimpleNamespace(
+        resolve_dtype=lambda name, announce=False: "DTYPE" if name == "auto" else name))
     out = tmp_path / "gen.json"
     argv = ARGS + ["--model", "tiny", "--adapter", "ad", "--batch-size", "5", "--max-new-tokens", "7", "--out", str(out)]
     assert main(argv) == 0

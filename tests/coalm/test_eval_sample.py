@@ -59,7 +59,7 @@ def _imports(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(("package", "forbidden", "allowed_files"), [
-    ("kernels", ("engine", "coalm"), ()),
+    ("coalm_kernels", ("engine", "coalm"), ()),
     ("engine", ("coalm",), ("engine/train.py",)),
     ("coalm/data", ("coalm.eval", "coalm.demo", "coalm.agent"), ()),
 ])

@@ -1,9 +1,9 @@
-"""Data parallelism (engine.data_parallel, engine.mesh) on CPU: `engine.train` under torchrun against one process.
+"""Data parallelism (engine.parallel.data_parallel, engine.parallel.mesh) on CPU: `engine.train` under torchrun against one process.
 
 One tiny checkpoint (the `debug` preset, random weights) is trained for 3 LoRA steps on the same global batches
 three ways: one process, 2 ranks (DP 2), and 4 ranks (DP 2 x TP 2). Each writes metrics and a checkpoint after every
 step; the tests compare the losses, every step's LoRA factors (TP shards joined here, by a split table written out
-independently of engine.parallel) and the final adapter's format, then resume the 2-rank run's step-2 checkpoint
+independently of engine.parallel.tp) and the final adapter's format, then resume the 2-rank run's step-2 checkpoint
 in one process and compare its step 3.
 """
 
@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 
 from coalm.data import load as load_data
 from engine.config import get_config
-from engine.data_parallel import dp_pad, dp_rows, rank_device
+from engine.parallel.data_parallel import dp_pad, dp_rows, rank_device
 from engine.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from engine.mesh import Mesh, MeshError, check_mesh
+from engine.parallel.mesh import Mesh, MeshError, check_mesh
 from engine.model import build_model
 from engine.tokenizer import load_tokenizer
 from engine.train import main as train_main

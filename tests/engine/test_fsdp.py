@@ -1,4 +1,4 @@
-"""FSDP2 full fine-tuning (engine.fsdp) on CPU/gloo: `engine.train --full` under torchrun against one process.
+"""FSDP2 full fine-tuning (engine.parallel.fsdp) on CPU/gloo: `engine.train --full` under torchrun against one process.
 
 A tiny checkpoint (the `debug` preset with tied embeddings, random weights) is trained for 3 full steps on the same
 global batches: in one process, and on 2 ranks (DP 2, parameters, gradients and AdamW state sharded by FSDP2). A step
@@ -82,7 +82,7 @@ def state(out, step):
 
 ADAM_EPS = 1e-8  # torch.optim.AdamW's default, which engine.train uses
 
-# which dim of a weight TP splits (written out here, independently of engine.parallel); norms are replicated
+# which dim of a weight TP splits (written out here, independently of engine.parallel.tp); norms are replicated
 SPLIT = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "gate_proj": 0, "up_proj": 0, "embed_tokens": 0, "lm_head": 0,
          "o_proj": 1, "down_proj": 1}
 

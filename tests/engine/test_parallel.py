@@ -1,4 +1,4 @@
-"""Tensor parallelism (engine.parallel) on CPU: two gloo ranks against the single-process model.
+"""Tensor parallelism (engine.parallel.tp) on CPU: two gloo ranks against the single-process model.
 
 One launch of tests/engine/tp_worker.py (2 ranks, torchrun's env vars) runs every check on the `debug` preset
 (4 heads, 2 KV heads, vocab 512) and saves its results; the tests here recompute each one in a single process:
@@ -21,14 +21,14 @@ from engine.config import get_config
 from engine.generation import generate_ids
 from engine.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_modules, lora_state_dict, save_adapter
 from engine.model import build_model
-from engine.parallel import check_tp
+from engine.parallel.tp import check_tp
 from engine.weights import save_hf
-from kernels.nf4 import quantize_nf4
+from coalm_kernels.nf4 import quantize_nf4
 from tests.engine.dist_launch import run_torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("tp_worker.py")
-# which dim of each parameter the two ranks split (written out here, independently of engine.parallel)
+# which dim of each parameter the two ranks split (written out here, independently of engine.parallel.tp)
 SPLIT = {
     "q_proj": 0,
     "k_proj": 0,
@@ -98,7 +98,7 @@ def assert_fp32_close(got, fp32, fp64, msg):
 def fp64_lora(monkeypatch):
     """LoRA layers in fp64 for the references (the fused lora_linear takes fp32/fp16/bf16 only)."""
     import engine.lora
-    from kernels.lora_matmul import lora_linear_ref
+    from coalm_kernels.lora_matmul import lora_linear_ref
 
     monkeypatch.setattr(engine.lora, "lora_linear", lora_linear_ref)
 

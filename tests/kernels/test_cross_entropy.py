@@ -9,7 +9,7 @@ ignored rows, several chunks with a ragged last one, and extra leading dims.
 import pytest
 import torch
 
-from kernels.cross_entropy import cross_entropy_ref, fused_linear_cross_entropy, fused_linear_cross_entropy_ref
+from coalm_kernels.cross_entropy import cross_entropy_ref, fused_linear_cross_entropy, fused_linear_cross_entropy_ref
 from tests.kernels.error_bound import assert_within_torch_error
 
 DTYPES = [

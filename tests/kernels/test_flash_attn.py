@@ -11,7 +11,7 @@ in the interpreter (fp16/fp32); on a GPU the same cases run with fp32 replaced b
 import pytest
 import torch
 
-from kernels.flash_attn import flash_attention, flash_attention_decode, flash_attention_ref
+from coalm_kernels.flash_attn import flash_attention, flash_attention_decode, flash_attention_ref
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"

@@ -9,8 +9,8 @@ both sides see the same W. On CPU the kernels run in Triton's interpreter (fp16/
 import pytest
 import torch
 
-from kernels.lora_matmul import lora_linear, lora_linear_ref
-from kernels.nf4 import dequantize_nf4_ref, quantize_nf4
+from coalm_kernels.lora_matmul import lora_linear, lora_linear_ref
+from coalm_kernels.nf4 import dequantize_nf4_ref, quantize_nf4
 
 # (leading dims of x, K, N, rank, dtype, NF4?): M = 1, 37, 513; K and N off the 32/64 tile sizes; K % 64 == 0
 # takes the NF4 kernel's row-aligned path, other K its general path.
@@ -135,7 +135,7 @@ def test_bad_input():
 
 def test_ref_nf4_path_equals_autograd_through_the_dequantized_weight():
     """The CPU QLoRA path re-dequantizes W in backward instead of keeping it: same numbers as plain autograd."""
-    from kernels.nf4 import dequantize_nf4_ref, quantize_nf4
+    from coalm_kernels.nf4 import dequantize_nf4_ref, quantize_nf4
 
     g = torch.Generator().manual_seed(5)
     q = quantize_nf4(torch.randn(67, 130, generator=g))

@@ -8,7 +8,7 @@ bitsandbytes' CUDA kernels.
 import pytest
 import torch
 
-from kernels.nf4 import NF4_CODE, NF4Weight, dequantize_nf4, dequantize_nf4_ref, dynamic_map, quantize_nf4
+from coalm_kernels.nf4 import NF4_CODE, NF4Weight, dequantize_nf4, dequantize_nf4_ref, dynamic_map, quantize_nf4
 
 bnbf = pytest.importorskip("bitsandbytes.functional")
 

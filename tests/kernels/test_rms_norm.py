@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from kernels.rms_norm import rms_norm, rms_norm_ref
+from coalm_kernels.rms_norm import rms_norm, rms_norm_ref
 from tests.kernels.error_bound import assert_within_torch_error
 
 EPS = 1e-5

@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from kernels.rope import apply_rope, apply_rope_ref, rope_cos_sin, rope_frequencies
+from coalm_kernels.rope import apply_rope, apply_rope_ref, rope_cos_sin, rope_frequencies
 from tests.kernels.error_bound import assert_within_torch_error
 
 LLAMA31 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}

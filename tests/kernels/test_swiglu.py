@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.swiglu import swiglu, swiglu_ref
+from coalm_kernels.swiglu import swiglu, swiglu_ref
 from tests.kernels.error_bound import assert_within_torch_error
 
 DTYPES = [

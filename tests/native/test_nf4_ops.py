@@ -1,4 +1,4 @@
-"""The compiled NF4 ops (csrc/, `kernels.native`) against independent references, on every ISA this CPU has.
+"""The compiled NF4 ops (csrc/, `coalm_kernels.native`) against independent references, on every ISA this CPU has.
 
 - nf4_linear vs fp64 x @ dequant(W)^T within 2x torch's own fp32 error (tests/kernels/error_bound.py), M = 1, 3, 17,
   odd N, K a multiple of the block size (the fused decode path) and not (blocks straddle rows), both the fused path
@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 
-from kernels import native
-from kernels.nf4 import NF4Weight, dequantize_nf4_ref, quantize_nf4
+from coalm_kernels import native
+from coalm_kernels.nf4 import NF4Weight, dequantize_nf4_ref, quantize_nf4
 from tests.kernels.error_bound import assert_within_torch_error
 
 bnbf = pytest.importorskip("bitsandbytes.functional")
@@ -134,7 +134,7 @@ def test_meta_shapes():
 
 def test_missing_build_names_the_build_step(monkeypatch):
     monkeypatch.setattr(native, "_ops", None)
-    monkeypatch.setitem(sys.modules, "kernels._C", None)  # what an unbuilt checkout looks like to `import`
+    monkeypatch.setitem(sys.modules, "coalm_kernels._C", None)  # what an unbuilt checkout looks like to `import`
     with pytest.raises(native.NativeOpsMissing, match=r"pip install -e \."):
         native.nf4_linear(torch.randn(1, 64), quantize_nf4(torch.randn(4, 64)))
     assert not native.available()

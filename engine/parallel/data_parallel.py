@@ -79,7 +79,7 @@ def clip_grad_norm(named_params: list[tuple[str, torch.nn.Parameter]], max_norm:
     each DP rank holds a disjoint shard of every gradient (a DTensor: its squares are summed over DP)."""
     from torch.distributed.tensor import DTensor
 
-    from .parallel import split_dim
+    from .tp import split_dim
 
     grads = [(n, p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad) for n, p in named_params
              if p.grad is not None]
@@ -111,7 +111,7 @@ def clip_grad_norm(named_params: list[tuple[str, torch.nn.Parameter]], max_norm:
 def rank_device(requested: str | None, mesh: Mesh) -> torch.device:
     """This process's device: cuda:LOCAL_RANK under torchrun. One explicit GPU for several processes is the
     duplicate-job trap (N full jobs on one GPU, all writing the same --out), refused."""
-    from .loader import default_device
+    from ..loader import default_device
     from .mesh import MeshError
 
     if requested is None:

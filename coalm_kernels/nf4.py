@@ -15,11 +15,11 @@ w = NF4_CODE[c] * absmax_b, rounded (to nearest even) to the output dtype.
 A weight without double quantization (compress_statistics=False) is also accepted: its absmax is fp32.
 
 `NF4Weight` is a plain dataclass of tensors; `from_bnb` / `to_bnb` convert to and from
-`bitsandbytes.functional.QuantState`. On CPU, `dequantize_nf4` runs the compiled op `kernels.native.nf4_dequantize`
+`bitsandbytes.functional.QuantState`. On CPU, `dequantize_nf4` runs the compiled op `coalm_kernels.native.nf4_dequantize`
 (AVX-512 / AVX2 / scalar, bit-exact with the reference below). The Triton kernel is memory bound: one program dequantizes ROWS
 quantization blocks, reading 0.5 B + 1/blocksize B per weight and writing 2 or 4 B. Limits: blocksize a
 power of two in [32, 4096]; fewer than 2**31 bytes of packed codes per weight. `_nf4_tile` is shared with
-`kernels.lora_matmul`, which dequantizes tiles of W inside its matmul loops.
+`coalm_kernels.lora_matmul`, which dequantizes tiles of W inside its matmul loops.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from kernels import native
-from kernels._dispatch import HAS_TRITON, use_triton
+from coalm_kernels import native
+from coalm_kernels._dispatch import HAS_TRITON, use_triton
 
 if HAS_TRITON:
     import triton

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels._dispatch import use_triton
+from coalm_kernels._dispatch import use_triton
 
 BLOCK = 1024
 

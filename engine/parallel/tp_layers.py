@@ -1,6 +1,6 @@
 """Tensor-parallel building blocks: differentiable collectives and the vocab-parallel embedding, head and loss.
 
-`engine.parallel.parallelize` puts these into a built model; nothing here knows the model's layout.
+`engine.parallel.tp.parallelize` puts these into a built model; nothing here knows the model's layout.
 - `copy_to_parallel`: identity forward, all-reduce of the gradient backward (a sublayer's input);
 - `reduce_from_parallel`: all-reduce forward, identity backward (a sublayer's partial output);
 - `VocabParallelEmbedding`: rank r owns vocab rows [r V/tp, (r+1) V/tp); looks up its own ids, zeroes the rest,
@@ -88,7 +88,7 @@ class VocabParallelHead(nn.Module):
 
 class _VocabParallelCE(torch.autograd.Function):
     """Mean CE over labels != ignore_index; weight is this rank's vocab rows. Gradients are computed in forward
-    (as kernels.cross_entropy does); grad_hidden is this rank's partial sum, completed by copy_to_parallel."""
+    (as coalm_kernels.cross_entropy does); grad_hidden is this rank's partial sum, completed by copy_to_parallel."""
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, vocab_start, group, ignore_index, chunk_size, need_grad):
@@ -131,7 +131,7 @@ class _VocabParallelCE(torch.autograd.Function):
 
 def vocab_parallel_cross_entropy(hidden, weight, labels, vocab_start: int, group=None, ignore_index: int = -100,
                                  chunk_size: int | None = None) -> torch.Tensor:
-    """kernels.cross_entropy.fused_linear_cross_entropy with `weight` split by vocab rows across `group`."""
+    """coalm_kernels.cross_entropy.fused_linear_cross_entropy with `weight` split by vocab rows across `group`."""
     D, vocab = hidden.shape[-1], weight.shape[0] * dist.get_world_size(group)
     labels = labels.reshape(-1).long()
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))

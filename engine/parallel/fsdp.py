@@ -85,7 +85,7 @@ def gather_params(model, mesh: Mesh, across_tp: bool = False) -> dict[str, torch
     elsewhere. A collective: every rank calls it. One tensor at a time passes through device memory."""
     import torch.distributed as dist
 
-    from .parallel import split_dim
+    from .tp import split_dim
 
     keep = mesh.dp_rank == 0 and (not across_tp or mesh.tp_rank == 0)
     out = {}
@@ -130,7 +130,7 @@ def load_sharded(model, opt, params: dict, optimizer: dict | None):
 
 def unsharded_copy(model, params: dict):
     """A plain Transformer on host memory holding `params` (whole tensors from gather_params), for engine.export."""
-    from .model import build_model
+    from ..model import build_model
 
     plain = build_model(model.args)
     sd = dict(params)

@@ -39,9 +39,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._dispatch import interpreting, use_triton
-from kernels.flash_attn_bwd import _bwd_dkdv_kernel, _bwd_dq_kernel, _bwd_preprocess
-from kernels.flash_attn_cpu import reference, sdpa, sdpa_decode
+from coalm_kernels._dispatch import interpreting, use_triton
+from coalm_kernels.flash_attn_bwd import _bwd_dkdv_kernel, _bwd_dq_kernel, _bwd_preprocess
+from coalm_kernels.flash_attn_cpu import reference, sdpa, sdpa_decode
 
 LOG2E = 1.4426950408889634
 _HEAD_DIMS = (64, 128)

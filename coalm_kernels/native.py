@@ -1,8 +1,8 @@
-"""The native CPU ops (`csrc/`, built by the top-level CMakeLists.txt into `kernels._C`), as Python functions.
+"""The native CPU ops (`csrc/`, built by the top-level CMakeLists.txt into `coalm_kernels._C`), as Python functions.
 
     nf4_linear(x, q)          y = x @ dequant(q)^T for fp32 x (..., K) and an NF4 weight q (N, K) -> (..., N)
     nf4_dequantize(q, dtype)  dequant(q) in fp32 / bf16 / fp16, bit-exact with bitsandbytes and `dequantize_nf4_ref`
-    nf4_quantize(flat, ...)   codes and absmaxes of `kernels.nf4.quantize_nf4` (bitsandbytes' CPU rules): its CPU path
+    nf4_quantize(flat, ...)   codes and absmaxes of `coalm_kernels.nf4.quantize_nf4` (bitsandbytes' CPU rules): its CPU path
     isa()                     the instruction set the ops run with: "avx512", "avx2" or "scalar"
 
 Both take `isa="auto"` (the best the CPU has, or $COALM_NATIVE_ISA) or a level to force ("avx2" on an AVX-512
@@ -10,8 +10,8 @@ machine tests that path; a level the CPU lacks raises). `nf4_linear` decodes the
 `fused_max_m` rows of x and dequantizes once + sgemm above that (prefill). Threads: torch.get_num_threads().
 
 There is no fallback: when the extension was not built, every function raises `NativeOpsMissing` naming the build
-step. The plain-torch references (`kernels.nf4.dequantize_nf4_ref`, `kernels.lora_matmul.lora_linear_ref`) are
-for tests. This module imports nothing from `kernels.nf4` (which calls it); `q` is any object with NF4Weight's fields.
+step. The plain-torch references (`coalm_kernels.nf4.dequantize_nf4_ref`, `coalm_kernels.lora_matmul.lora_linear_ref`) are
+for tests. This module imports nothing from `coalm_kernels.nf4` (which calls it); `q` is any object with NF4Weight's fields.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ FUSED_MAX_M = 16  # rows of x up to which nf4_linear decodes W inside the matmul
 
 
 class NativeOpsMissing(RuntimeError):
-    """The compiled extension `kernels._C` is not importable."""
+    """The compiled extension `coalm_kernels._C` is not importable."""
 
 
 _ops = None
@@ -34,9 +34,9 @@ def ops():
     global _ops
     if _ops is None:
         try:
-            import kernels._C  # noqa: F401 - importing registers the coalm:: ops
+            import coalm_kernels._C  # noqa: F401 - importing registers the coalm:: ops
         except ImportError as e:
-            raise NativeOpsMissing(f"the native CPU ops (kernels._C) are not built: {BUILD_HINT} ({e})") from e
+            raise NativeOpsMissing(f"the native CPU ops (coalm_kernels._C) are not built: {BUILD_HINT} ({e})") from e
         _ops = torch.ops.coalm
     return _ops
 
@@ -65,7 +65,7 @@ def nf4_dequantize(q, dtype: torch.dtype | None = None, isa: str = "auto") -> to
 
 
 def nf4_quantize(flat: torch.Tensor, mids: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed NF4 codes, fp32 block absmaxes) of fp32 `flat`, by the rules of `kernels.nf4.quantize_nf4`."""
+    """(packed NF4 codes, fp32 block absmaxes) of fp32 `flat`, by the rules of `coalm_kernels.nf4.quantize_nf4`."""
     return ops().nf4_quantize(flat, mids, blocksize)
 
 

@@ -141,7 +141,7 @@ def apply_lora_parallel(model, rank: int = 16, alpha: float = 32, targets=None, 
     """engine.lora.apply_lora on a parallelized model, NF4 per shard, with the factors a single process gets after
     `torch.manual_seed(seed); apply_lora(...)`: each A is drawn whole from the same generator, in the same order, on
     the same device, and sliced, so a TP run starts where a single-process run does."""
-    from .lora import apply_lora, lora_modules
+    from ..lora import apply_lora, lora_modules
 
     apply_lora(model, rank, alpha, targets, dropout, quantize)
     shard = TPShard(model.tp_group)
@@ -158,8 +158,8 @@ def apply_lora_parallel(model, rank: int = 16, alpha: float = 32, targets=None, 
 
 def gather_lora_state_dict(model, grads: bool = False) -> dict[str, torch.Tensor]:
     """The LoRA factors (or their gradients) under PEFT's names at full size, on every rank of the TP group."""
-    from .lora import lora_modules
-    from .model import peft_lora_name
+    from ..lora import lora_modules
+    from ..model import peft_lora_name
 
     group, out = model.tp_group, {}
     for name, m in lora_modules(model).items():
@@ -177,7 +177,7 @@ def gather_lora_state_dict(model, grads: bool = False) -> dict[str, torch.Tensor
 def save_adapter_parallel(model, directory, base_model: str | None = None, write: bool = True):
     """engine.lora.save_adapter for a parallelized model: factors gathered over TP (a collective), written by the
     group's first rank when `write` (a data-parallel replica other than the first passes False)."""
-    from .lora import save_adapter
+    from ..lora import save_adapter
 
     state = gather_lora_state_dict(model)
     if write and dist.get_rank(model.tp_group) == 0:

@@ -1,5 +1,5 @@
 """Flash attention without Triton: the CPU path through torch SDPA (its fused CPU kernels, differentiable through
-autograd) and the plain-torch reference the tests compare against. Layouts as in `kernels.flash_attn`."""
+autograd) and the plain-torch reference the tests compare against. Layouts as in `coalm_kernels.flash_attn`."""
 
 from __future__ import annotations
 

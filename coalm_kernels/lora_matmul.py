@@ -6,14 +6,14 @@ x, A and B share one dtype (fp32, fp16 or bf16); products accumulate in fp32 and
 Forward: xa = x @ A^T (M x r, small, a torch matmul) first; then one Triton kernel over (M, N) tiles starts its
 fp32 accumulator at scale * xa @ B^T and loops over K adding x @ W^T (one accumulator, not two, keeps register
 pressure at that of a plain matmul). For an NF4 weight each W tile is
-dequantized in registers inside that loop (`kernels.nf4._nf4_tile`): the full-precision W never exists
+dequantized in registers inside that loop (`coalm_kernels.nf4._nf4_tile`): the full-precision W never exists
 in memory, only its 4-bit codes and 8-bit absmaxes are read.
 Backward: dyB = dy @ B (M x r, torch); grad_x = scale * dyB @ A + dy @ W is the same kind of kernel over (M, K)
 tiles looping over N, again dequantizing W tiles in place; grad_A = scale * dyB^T @ x and
 grad_B = scale * dy^T @ xa are small torch matmuls. W never gets a gradient.
 
-Dispatch (`kernels._dispatch.use_triton`): CUDA tensors (and CPU tensors under TRITON_INTERPRET=1) run the
-kernels; CPU tensors with an NF4 weight run the compiled ops (`kernels.native`: nf4_linear forward, nf4_dequantize
+Dispatch (`coalm_kernels._dispatch.use_triton`): CUDA tensors (and CPU tensors under TRITON_INTERPRET=1) run the
+kernels; CPU tensors with an NF4 weight run the compiled ops (`coalm_kernels.native`: nf4_linear forward, nf4_dequantize
 in backward); otherwise `lora_linear_ref` (dequantize, then three torch matmuls) runs. fp32 operands use TF32 in
 the kernels only when torch.backends.cuda.matmul.allow_tf32 is set, as torch itself does.
 NF4 tiles: with K % blocksize == 0 (every Llama shape) quantization blocks lie inside rows and a tile is
@@ -28,15 +28,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels import native
-from kernels._dispatch import HAS_TRITON, interpreting, use_triton
-from kernels.nf4 import NF4Weight, dequantize_nf4_ref, nf4_kernel_args
+from coalm_kernels import native
+from coalm_kernels._dispatch import HAS_TRITON, interpreting, use_triton
+from coalm_kernels.nf4 import NF4Weight, dequantize_nf4_ref, nf4_kernel_args
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from kernels.nf4 import _nf4_tile
+    from coalm_kernels.nf4 import _nf4_tile
 
     @triton.jit
     def _w_tile(w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, n0, k0, N, K, stride_wn,

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._dispatch import use_triton
+from coalm_kernels._dispatch import use_triton
 
 MAX_N = 65536
 

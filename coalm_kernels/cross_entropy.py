@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels._dispatch import use_triton
+from coalm_kernels._dispatch import use_triton
 
 CHUNK_BYTES = 256 << 20
 _MM_FP32_OUT: dict[str, bool] = {}  # device type -> whether torch.mm(..., out_dtype=float32) works there

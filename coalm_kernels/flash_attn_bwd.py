@@ -1,5 +1,5 @@
 """Flash attention backward kernels (Triton): the delta preprocess, dK/dV and dQ. The math, layouts and block
-splitting are described in `kernels.flash_attn`, which launches them (autotuned on GPU)."""
+splitting are described in `coalm_kernels.flash_attn`, which launches them (autotuned on GPU)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._dispatch import use_triton
+from coalm_kernels._dispatch import use_triton
 
 _SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
