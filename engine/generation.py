@@ -151,10 +151,12 @@ def main(argv=None):
     try:
         import engine
 
-        from .loader import resolve_dtype
+        from .loader import describe_dtype, resolve_dtype
 
+        dtype = resolve_dtype(a.dtype)
         model, tok = engine.load(a.model, adapter=a.adapter, random_init=a.random_init, tp=a.tp,
-                                 quantize=a.quantize, dtype=resolve_dtype(a.dtype, announce=True))
+                                 quantize=a.quantize, dtype=dtype)
+        print(describe_dtype(a.dtype, dtype), file=sys.stderr, flush=True)
         prompts = []
         for text in a.prompt:
             if a.raw:

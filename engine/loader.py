@@ -44,18 +44,19 @@ DTYPE_CHOICES = ("auto", *DTYPES)
 DTYPE_HELP = "auto (default): bf16 on GPUs and on CPUs with AVX512-BF16/AMX, else fp32"
 
 
-def resolve_dtype(name: str | None = "auto", device=None, announce: bool = False) -> torch.dtype:
+def resolve_dtype(name: str | None = "auto", device=None) -> torch.dtype:
     """The one inference dtype rule of `engine.generate`, `engine.serve` and `coalm.eval` (`--dtype`): "auto" (or
-    None) is `inference_dtype(device)`, anything else goes through `parse_dtype`. With `announce`, says on stderr
-    which dtype was chosen and why, so the same model gives the same text in every tool and the user sees it."""
-    dtype = inference_dtype(device) if name in (None, "auto") else parse_dtype(name)
-    if announce:
-        import sys
+    None) is `inference_dtype(device)`, anything else goes through `parse_dtype`. So the same model gives the same
+    text in every tool; each tool prints `describe_dtype` once the model has loaded."""
+    return inference_dtype(device) if name in (None, "auto") else parse_dtype(name)
 
-        why = "auto: native bf16 on this device" if name in (None, "auto") and dtype == torch.bfloat16 else (
-            "auto: no native bf16 on this device" if name in (None, "auto") else "--dtype")
-        print(f"dtype: {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr, flush=True)
-    return dtype
+
+def describe_dtype(name: str | None, dtype: torch.dtype) -> str:
+    """One line for the user: which dtype `resolve_dtype(name)` chose, and why."""
+    auto = name in (None, "auto")
+    why = ("auto: native bf16 on this device" if dtype == torch.bfloat16 else "auto: no native bf16 here") if auto \
+        else "--dtype"
+    return f"dtype: {str(dtype).removeprefix('torch.')} ({why})"
 
 
 def load(source: str | Path = "smollm2-135m", adapter: str | Path | None = None, dtype: torch.dtype | None = None,

@@ -48,12 +48,11 @@ def _load(a):
     """(scheduler, tokenizer, max_model_len) on every rank; only rank 0 gets a scheduler under --tp."""
     import engine
 
+    from .loader import describe_dtype, resolve_dtype
     from .serving.runner import Runner
     from .serving.scheduler import Scheduler
 
-    from .loader import resolve_dtype
-
-    kwargs = {"adapter": a.adapter, "random_init": a.random_init, "dtype": resolve_dtype(a.dtype, announce=True)}
+    kwargs = {"adapter": a.adapter, "random_init": a.random_init, "dtype": resolve_dtype(a.dtype)}
     if a.tp > 1:
         kwargs["tp"] = a.tp  # under torchrun: this rank's shard (engine.load's per-tensor hook)
     if a.quantize:  # engine.load's quantize option belongs to the NF4 loader; pass it only when asked
@@ -61,6 +60,7 @@ def _load(a):
             raise ValueError("--quantize needs engine.load(quantize=...), which this version does not have")
         kwargs["quantize"] = a.quantize
     model, tok = engine.load(a.model, **kwargs)
+    logging.getLogger("engine.serve").info(describe_dtype(a.dtype, kwargs["dtype"]))
     max_len = min(a.max_model_len or model.args.max_seq_len, model.args.max_seq_len)
     runner = Runner(model, a.max_batch, max_len)
     if a.tp > 1:

@@ -29,11 +29,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
-from .parallel.data_parallel import all_reduce_sum, clip_grad_norm, dp_pad, dp_rows, rank_device, reduce_gradients
-from .parallel.dist import is_rank0, print0
-from .parallel.fsdp import describe, shard_model, uses_fsdp
 from .loader import parse_dtype
-from .parallel.mesh import current_mesh, init_mesh
 from .metrics import (
     MetricsLogger,
     check_loggers,
@@ -43,6 +39,10 @@ from .metrics import (
     update_best,
     validation_loss,
 )
+from .parallel.data_parallel import all_reduce_sum, clip_grad_norm, dp_pad, dp_rows, rank_device, reduce_gradients
+from .parallel.dist import is_rank0, print0
+from .parallel.fsdp import describe, shard_model, uses_fsdp
+from .parallel.mesh import current_mesh, init_mesh
 from .train_config import TrainConfig
 from .train_config import parse_config as _parse_config
 

@@ -12,6 +12,7 @@ Every benchmark generates through one small interface, so a task never knows whi
 from __future__ import annotations
 
 import os
+import sys
 from typing import Protocol
 
 
@@ -31,10 +32,9 @@ class LocalBackend:
     def __init__(self, model: str, adapter: str | None = None, batch_size: int = 8, tp: int = 1, dtype: str = "auto",
                  **load_kwargs):
         import engine  # imported here: scoring saved outputs needs no torch
+        from engine.loader import describe_dtype, resolve_dtype
 
-        from engine.loader import resolve_dtype
-
-        self.dtype = resolve_dtype(dtype, announce=True)  # the rule engine.generate and engine.serve use
+        self.dtype = resolve_dtype(dtype)  # the rule engine.generate and engine.serve use
         load_kwargs["dtype"] = self.dtype
         self.name = model if adapter is None else f"{model}+{adapter}"
         self.batch_size = max(1, int(batch_size))
@@ -44,6 +44,7 @@ class LocalBackend:
             self.per_call = self.batch_size * self.mesh.dp  # conversations per chat() that keep every replica busy
             load_kwargs["tp"] = tp
         self.model, self.tokenizer = engine.load(model, adapter=adapter, **load_kwargs)
+        print(describe_dtype(dtype, self.dtype), file=sys.stderr, flush=True)
 
     def chat(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
         import engine

@@ -77,7 +77,7 @@ def test_generates_with_the_engine_api(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "engine", types.SimpleNamespace(load=load, generate=generate))
     monkeypatch.setitem(sys.modules, "engine.loader", types.SimpleNamespace(
-        resolve_dtype=lambda name, announce=False: "DTYPE" if name == "auto" else name))
+        resolve_dtype=lambda name: "DTYPE" if name == "auto" else name, describe_dtype=lambda name, dtype: "d"))
     out = tmp_path / "gen.json"
     argv = ARGS + ["--model", "tiny", "--adapter", "ad", "--batch-size", "5", "--max-new-tokens", "7", "--out", str(out)]
     assert main(argv) == 0

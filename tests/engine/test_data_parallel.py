@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 
 from coalm.data import load as load_data
 from engine.config import get_config
-from engine.parallel.data_parallel import dp_pad, dp_rows, rank_device
 from engine.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from engine.parallel.mesh import Mesh, MeshError, check_mesh
 from engine.model import build_model
+from engine.parallel.data_parallel import dp_pad, dp_rows, rank_device
+from engine.parallel.mesh import Mesh, MeshError, check_mesh
 from engine.tokenizer import load_tokenizer
 from engine.train import main as train_main
 from engine.weights import save_hf

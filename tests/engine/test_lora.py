@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import engine
-from engine.lora import LoRALinear, apply_lora, load_adapter, lora_modules, merge_lora, save_adapter
 from coalm_kernels.nf4 import dequantize_nf4
+from engine.lora import LoRALinear, apply_lora, load_adapter, lora_modules, merge_lora, save_adapter
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

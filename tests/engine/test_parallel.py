@@ -17,13 +17,13 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import WordLevel
 
 import engine
+from coalm_kernels.nf4 import quantize_nf4
 from engine.config import get_config
 from engine.generation import generate_ids
 from engine.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_modules, lora_state_dict, save_adapter
 from engine.model import build_model
 from engine.parallel.tp import check_tp
 from engine.weights import save_hf
-from coalm_kernels.nf4 import quantize_nf4
 from tests.engine.dist_launch import run_torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,14 +84,23 @@ def lora_grads(model):
     }
 
 
-def assert_fp32_close(got, fp32, fp64, msg):
-    """`got` (fp32, summed in another order across ranks) is off the fp64 value by at most twice as much as the
-    single-process fp32 result is (LoRA gradients with B ~ N(0, 1) are large: fixed tolerances would not fit).
-    Errors are measured as Frobenius norms: the max of a few thousand rounding errors is an extreme-value statistic
-    whose ratio between two fp32 runs swings by 2x from seed to seed; the norm is stable."""
-    err, base = (got.double() - fp64).norm(), (fp32.double() - fp64).norm()
-    floor = torch.finfo(torch.float32).eps * fp64.norm()
-    assert err <= 2 * base + floor, f"{msg}: error {err:.3g}, single-process fp32 error {base:.3g}"
+def assert_fp32_close(got: dict, fp32: dict, fp64: dict):
+    """`got` (fp32, summed in another order across ranks) is off the fp64 values by at most twice as much as the
+    single-process fp32 results are (LoRA gradients with B ~ N(0, 1) are large: fixed tolerances would not fit).
+
+    Errors are Frobenius norms over all LoRA gradients together: the max of a few thousand rounding errors is an
+    extreme-value statistic, and even one tensor's norm swings (TP / single-process ratios of 1.0 to 2.2 across the
+    14 tensors of one run on an AMX Xeon, under 2 on an EPYC); the norm over all of them is stable. Each tensor on its
+    own must still be within bf16's unit roundoff of fp64: a lost shard, a missing all-reduce or a step run in half
+    precision is off by orders of magnitude more than that, fp32 rounding by orders of magnitude less."""
+    keys = sorted(fp64)
+    err = torch.cat([(got[k].double() - fp64[k]).flatten() for k in keys]).norm()
+    base = torch.cat([(fp32[k].double() - fp64[k]).flatten() for k in keys]).norm()
+    floor = torch.finfo(torch.float32).eps * torch.cat([fp64[k].flatten() for k in keys]).norm()
+    assert err <= 2 * base + floor, f"error {err:.3g}, single-process fp32 error {base:.3g}"
+    for k in keys:
+        e, bound = (got[k].double() - fp64[k]).norm(), 2.0**-8 * fp64[k].norm()
+        assert e <= bound, f"{k}: error {e:.3g} over bf16's unit roundoff {bound:.3g}"
 
 
 @pytest.fixture
@@ -165,7 +174,7 @@ def test_lora_step_and_adapter_format(tp, fp64_lora):
         assert sorted(r["lora_grads"]) == sorted(grads)
         for k, g in grads.items():
             assert g.abs().sum() > 0, k
-            assert_fp32_close(r["lora_grads"][k], g, grads64[k], k)
+        assert_fp32_close(r["lora_grads"], grads, grads64)
 
 
 def test_qlora_quantizes_each_shard(tp, fp64_lora):
@@ -188,8 +197,8 @@ def test_qlora_quantizes_each_shard(tp, fp64_lora):
         grads.append(lora_grads(model))
     for r in ranks:
         torch.testing.assert_close(r["qlora_loss"], losses[0])
-        for k, g in r["qlora_grads"].items():
-            assert_fp32_close(g, grads[0][k], grads[1][k], k)
+        assert sorted(r["qlora_grads"]) == sorted(grads[0])
+        assert_fp32_close(r["qlora_grads"], grads[0], grads[1])
 
 
 def test_vocab_parallel_cross_entropy_fp64(tp):

@@ -13,9 +13,9 @@ import torch
 
 from coalm.eval.__main__ import main as eval_main
 from engine.config import get_config
+from engine.model import build_model
 from engine.parallel.data_parallel import map_data_parallel
 from engine.parallel.mesh import Mesh
-from engine.model import build_model
 from engine.tokenizer import load_tokenizer
 from engine.weights import save_hf
 from tests.engine.dist_launch import run_torchrun
