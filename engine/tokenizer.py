@@ -216,11 +216,12 @@ def load_gguf_tokenizer(path: str | Path, reader=None) -> Tokenizer:
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
+    from .weights import gguf_field
+
     reader = reader or gguf.GGUFReader(str(path))
 
     def field(name, default=None):
-        f = reader.fields.get(name)
-        return default if f is None else f.contents()
+        return gguf_field(reader, name, default)
 
     kind = field("tokenizer.ggml.model")
     if kind != "gpt2":

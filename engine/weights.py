@@ -179,10 +179,15 @@ def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
+def gguf_field(reader, key: str, default=None):
+    """The value of one GGUF metadata field (the one field reader: config here, vocabulary in engine.tokenizer)."""
+    fld = reader.fields.get(key)
+    return default if fld is None else fld.contents()
+
+
 def gguf_args(reader) -> ModelArgs:
     def f(key, default=None):
-        fld = reader.fields.get(key)
-        return default if fld is None else fld.contents()
+        return gguf_field(reader, key, default)
 
     arch = f("general.architecture")
     if arch != "llama":
