@@ -27,6 +27,8 @@ from engine.train import main as train_main
 from engine.weights import save_hf
 from tests.engine.dist_launch import job_env, run_torchrun
 
+pytestmark = pytest.mark.slow  # starts torchrun ranks
+
 STEPS = 3
 
 

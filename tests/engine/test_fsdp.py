@@ -25,6 +25,8 @@ from engine.train import main as train_main
 from tests.engine.dist_launch import job_env, run_torchrun
 from tests.engine.test_data_parallel import tiny_checkpoint
 
+pytestmark = pytest.mark.slow  # starts torchrun ranks
+
 STEPS = 3
 
 

@@ -26,6 +26,8 @@ from engine.parallel.tp import check_tp
 from engine.weights import save_hf
 from tests.engine.dist_launch import run_torchrun
 
+pytestmark = pytest.mark.slow  # starts torchrun ranks
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("tp_worker.py")
 # which dim of each parameter the two ranks split (written out here, independently of engine.parallel.tp)

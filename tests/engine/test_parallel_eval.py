@@ -20,6 +20,8 @@ from engine.tokenizer import load_tokenizer
 from engine.weights import save_hf
 from tests.engine.dist_launch import run_torchrun
 
+pytestmark = pytest.mark.slow  # starts torchrun ranks
+
 ARGS = ["--bench", "bfcl", "--category", "simple", "--limit", "5", "--max-new-tokens", "6", "--batch-size", "2"]
 
 

@@ -15,6 +15,8 @@ import torch
 from engine.checkpoint import list_checkpoints as _checkpoints
 from engine.train import TrainConfig, TrainError, parse_config, train
 
+pytestmark = pytest.mark.slow  # starts engine.train / engine.merge processes
+
 TINY = [
     "--model",
     "debug",
