@@ -30,7 +30,7 @@ import torch
 IGNORE = -100  # label of a position without loss (the convention of torch's cross_entropy ignore_index)
 
 
-@dataclass
+@dataclass(eq=False)  # tensors have no single truth value: batches compare by identity
 class Batch:
     """Packed sequences with varlen-attention metadata; see the module docstring for the shapes."""
 
