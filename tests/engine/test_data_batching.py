@@ -116,3 +116,18 @@ def test_packed_step_matches_unpacked_fp64_rows(tmp_path):
         for n, p in ours.items():
             want = ref_params[n].grad
             assert (p.grad.double() - want).norm() <= 1e-4 * want.norm(), n
+
+
+def test_loss_takes_batch_fields_by_name():
+    """Transformer.loss and its tensor-parallel replacement take a Batch's fields under the Batch's names."""
+    import dataclasses
+    import inspect
+
+    from engine.data import Batch
+    from engine.model import Transformer
+    from engine.parallel.tp_layers import parallel_loss
+
+    fields = {f.name for f in dataclasses.fields(Batch)}
+    ours = list(inspect.signature(Transformer.loss).parameters)[1:]  # after self / model
+    assert ours == list(inspect.signature(parallel_loss).parameters)[1:]
+    assert set(ours) <= fields
