@@ -8,9 +8,10 @@
     python -m coalm.data download coalm-it         # uiuc-convai/CoALM-IT through the HF cache
 
 FILE arguments accept "sample" and "sample-eval" for the embedded sample. `stats` reports one epoch of the
-trainer's own micro-batches (`engine.data.StepBatches`, with engine.train's batch-size and length defaults). `build` always runs the contamination
-check against the benchmark test sets under the data root and drops overlapping rows (`--no-decontaminate` skips
-it, e.g. on a machine without the test sets). User errors print one line and exit 2.
+trainer's own micro-batches (`engine.data.StepBatches`, with engine.train's batch-size and length defaults).
+`build` always runs the contamination check against the benchmark test sets under the data root and drops
+overlapping rows (`--no-decontaminate` skips it, e.g. on a machine without the test sets). User errors print one
+line and exit 2.
 """
 
 from __future__ import annotations
