@@ -108,7 +108,6 @@ def cmd_stats(a) -> int:
     tok = _load_tok(a.tokenizer)
     batches = StepBatches.from_rows(rows, tok, a.max_seq_len, a.global_batch_size, a.micro_batch_size, seed=a.seed)
     lengths = [len(x) for x, _ in batches.rendered]
-    sizes = [b.num_tokens for s in range(batches.steps_per_epoch) for b in batches.step(s)]
     out = {
         "rows": len(rows),
         "formats": dict(Counter(row_format(r) for r in rows)),
@@ -117,12 +116,7 @@ def cmd_stats(a) -> int:
         "truncated": batches.render_stats.truncated,
         "dropped_too_long": batches.render_stats.dropped,
         # one epoch as engine.train runs it (one process): each micro-batch is one packed, padding-free row
-        "micro_batches": {
-            "global_batch_size": a.global_batch_size, "micro_batch_size": a.micro_batch_size,
-            "steps_per_epoch": batches.steps_per_epoch, "per_epoch": len(sizes),
-            "tokens": {"min": min(sizes), "mean": round(sum(sizes) / len(sizes), 1), "max": max(sizes)},
-            "target_tokens": sum(b.n_targets for s in range(batches.steps_per_epoch) for b in batches.step(s)),
-        },
+        "micro_batches": batches.epoch_stats(),
     }
     print(json.dumps(out, indent=1))
     return 0

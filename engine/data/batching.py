@@ -36,6 +36,7 @@ class StepBatches:
         # targets per row as the shifted loss counts them (not a sequence's first position)
         self._targets = [sum(t != IGNORE for t in y[1:]) for _, y in rendered]
         self.summary = f"{len(rendered)} rows, {sum(len(x) for x, _ in rendered)} tokens"
+        self.render_stats = None  # from_rows: what rendering truncated and dropped
 
     @classmethod
     def from_rows(cls, rows: list[dict], tok, max_seq_len: int, global_batch_size: int, micro_batch_size: int,
@@ -97,10 +98,12 @@ class StepBatches:
         for i in range(0, len(self.rendered), self.micro_batch_size):
             yield self.batch(range(i, min(i + self.micro_batch_size, len(self.rendered))))
 
-    def stats(self, steps: int, mesh=None) -> dict:
-        """What the trainer runs over `steps` steps: micro-batch count and sizes (tokens per packed row)."""
-        sizes = [b.num_tokens for s in range(steps) for b in self.step(s, mesh)]
-        return {"rows": len(self.rendered), "tokens": sum(len(x) for x, _ in self.rendered),
-                "target_tokens": sum(self._targets), "steps": steps, "steps_per_epoch": self.steps_per_epoch,
-                "micro_batches": len(sizes), "micro_batch_tokens": {
-                    "min": min(sizes), "mean": sum(sizes) / len(sizes), "max": max(sizes)}}
+    def epoch_stats(self, mesh=None) -> dict:
+        """One epoch as the trainer runs it (this rank's share under `mesh`): micro-batch count, tokens per packed
+        row, and the targets the loss averages over."""
+        batches = [b for s in range(self.steps_per_epoch) for b in self.step(s, mesh)]
+        sizes = [b.num_tokens for b in batches]
+        return {"global_batch_size": self.global_batch_size, "micro_batch_size": self.micro_batch_size,
+                "steps_per_epoch": self.steps_per_epoch, "per_epoch": len(batches),
+                "tokens": {"min": min(sizes), "mean": round(sum(sizes) / len(sizes), 1), "max": max(sizes)},
+                "target_tokens": sum(b.n_targets for b in batches)}
