@@ -33,8 +33,9 @@ class StepBatches:
         self.rendered, self.seed = rendered, seed
         self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
         self.steps_per_epoch = math.ceil(len(rendered) / global_batch_size)
-        # targets per row as the shifted loss counts them (not a sequence's first position)
-        self._targets = [sum(t != IGNORE for t in y[1:]) for _, y in rendered]
+        # targets per row as the shifted loss counts them (not a sequence's first position); list.count runs in C
+        self._targets = [len(y) - y.count(IGNORE) - (y[0] != IGNORE) for _, y in rendered]
+        self._order: tuple[int, list[int]] | None = None  # (epoch, its row order): one shuffle per epoch
         self.summary = f"{len(rendered)} rows, {sum(len(x) for x, _ in rendered)} tokens"
         self.render_stats = None  # from_rows: what rendering truncated and dropped
 
@@ -61,8 +62,11 @@ class StepBatches:
     def step_rows(self, step: int) -> list[list[int]]:
         """Row indices of each (single-process) micro-batch of optimizer step `step` (0-based)."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        order = list(range(len(self.rendered)))
-        random.Random(self.seed * 100003 + epoch).shuffle(order)
+        if self._order is None or self._order[0] != epoch:
+            order = list(range(len(self.rendered)))
+            random.Random(self.seed * 100003 + epoch).shuffle(order)
+            self._order = (epoch, order)
+        order = self._order[1]
         chosen = order[k * self.global_batch_size:(k + 1) * self.global_batch_size]
         return [chosen[i:i + self.micro_batch_size] for i in range(0, len(chosen), self.micro_batch_size)]
 
@@ -76,11 +80,12 @@ class StepBatches:
     def step(self, step: int, mesh=None, pad: bool = False) -> list[Batch]:
         """This DP rank's micro-batches of `step`, each weighted by its share of the whole step's targets; with
         `pad` (FSDP), followed by as many zero-weight copies as make every rank run the same count (`dp_pad`)."""
-        from ..parallel.data_parallel import dp_pad
+        from ..parallel.data_parallel import dp_pad, dp_rows
 
         all_rows = self.step_rows(step)
         total = max(1, sum(self._targets[i] for mb in all_rows for i in mb))
-        out = [self.batch(idx, total) for idx in self.rank_rows(step, mesh)]
+        mine = all_rows if mesh is None else dp_rows(all_rows, mesh, self.micro_batch_size)
+        out = [self.batch(idx, total) for idx in mine]
         if pad and mesh is not None:
             n = dp_pad(all_rows, mesh, self.micro_batch_size)
             if n:

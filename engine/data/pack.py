@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import chain
 
 import torch
 
@@ -79,7 +80,7 @@ def _as_list(seq, what: str, k: int) -> list[int]:
         return seq.tolist()
     if isinstance(seq, (str, bytes)):
         raise TypeError(f"{what} {k}: expected token ids, got {type(seq).__name__}")
-    return list(seq)
+    return seq if isinstance(seq, list) else list(seq)  # read only: a caller's list is not copied
 
 
 def pack_varlen(seqs: Sequence[Sequence[int] | torch.Tensor], labels: Sequence[Sequence[int] | torch.Tensor] | None
@@ -104,7 +105,7 @@ def pack_varlen(seqs: Sequence[Sequence[int] | torch.Tensor], labels: Sequence[S
             y = _as_list(y, "labels", k)
             if len(y) != lens[k]:
                 raise ValueError(f"pack_varlen: sequence {k} has {lens[k]} tokens but {len(y)} labels")
-            flat_labels += y
+            flat_labels.extend(y)
     # Built on the CPU and moved once per tensor: one small host-to-device copy each, no per-sequence launches.
     lens_t = torch.tensor(lens, dtype=torch.int64)
     cu = torch.zeros(len(lens) + 1, dtype=torch.int64)
@@ -118,7 +119,7 @@ def pack_varlen(seqs: Sequence[Sequence[int] | torch.Tensor], labels: Sequence[S
         has_loss[cu[:-1]] = False  # a sequence's first label has no earlier position in its sequence to predict it
         n_targets = int(has_loss.sum())
     batch = Batch(
-        input_ids=torch.tensor([t for s in ids for t in s], dtype=torch.int64)[None],
+        input_ids=torch.tensor(list(chain.from_iterable(ids)), dtype=torch.int64)[None],
         labels=None if labels_t is None else labels_t[None],
         position_ids=positions[None],
         cu_seqlens=cu.to(torch.int32),
