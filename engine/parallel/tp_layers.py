@@ -143,11 +143,11 @@ def vocab_parallel_cross_entropy(hidden, weight, labels, vocab_start: int, group
     return _VocabParallelCE.apply(hidden, weight, labels, vocab_start, group, ignore_index, chunk_size, need_grad)
 
 
-def parallel_loss(model, tokens, labels, positions=None, cu_seqlens=None, max_seqlen=None):
-    """Transformer.loss with the vocab-parallel cross-entropy (the same label shift)."""
+def parallel_loss(model, input_ids, labels, position_ids=None, cu_seqlens=None, max_seqlen=None):
+    """Transformer.loss with the vocab-parallel cross-entropy (the same arguments and label shift)."""
     targets = F.pad(labels[:, 1:], (0, 1), value=-100)
     if cu_seqlens is not None:
         targets[:, cu_seqlens[1:].long() - 1] = -100
-    h = model.hidden_states(tokens, positions, cu_seqlens, max_seqlen)
+    h = model.hidden_states(input_ids, position_ids, cu_seqlens, max_seqlen)
     head = model.lm_head
     return vocab_parallel_cross_entropy(h, head.weight, targets, head.vocab_start, head.group)

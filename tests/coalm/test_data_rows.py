@@ -81,3 +81,25 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
 
 def test_load_specs():
     assert len(load("sample")) > 200 and len(load("sample-eval")) > 30
+
+
+def test_stats_reports_the_trainers_micro_batches(capsys):
+    """`stats` counts what engine.train would run in one epoch: ceil(rows / global) steps, each cut into
+    ceil(rows in the step / micro) packed rows, and the targets the shifted loss averages over."""
+    import math
+
+    from engine.data import IGNORE, render_rows
+    from engine.tokenizer import load_tokenizer
+
+    assert main(["stats", "sample-eval", "--global-batch-size", "5", "--micro-batch-size", "2",
+                 "--max-seq-len", "200"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rendered, rstats = render_rows(load("sample-eval"), load_tokenizer("smollm2-135m"), max_len=200)
+    n = len(rendered)
+    steps = math.ceil(n / 5)
+    per_step = [min(5, n - 5 * s) for s in range(steps)]
+    mb = out["micro_batches"]
+    assert (mb["steps_per_epoch"], mb["per_epoch"]) == (steps, sum(math.ceil(k / 2) for k in per_step))
+    assert mb["target_tokens"] == sum(t != IGNORE for _, y in rendered for t in y[1:])
+    assert mb["tokens"]["max"] <= 2 * 200 and mb["tokens"]["min"] >= 1
+    assert out["truncated"] == rstats.truncated and out["rows"] == len(load("sample-eval"))
