@@ -21,12 +21,11 @@ wrong with its error type.
 from __future__ import annotations
 
 import json
-import re
 
 from coalm.data import formats as F
+from engine.tool_formats import ToolFormatError, parse_la
 
 STYLES = ("official", "coalm")
-_FENCE = re.compile(r"```(?:json)?")
 
 
 class HandlerError(ValueError):
@@ -44,29 +43,10 @@ def style(args) -> str:
 
 def decode_la(text: str) -> list[dict]:
     """The first JSON list of {"name", "arguments"} in `text` (a ``` fence and trailing text are tolerated)."""
-    if not isinstance(text, str):
-        raise HandlerError(f"output is a {type(text).__name__}, not text")
-    t = _FENCE.sub("", text).strip()
-    start = t.find("[")
-    if start < 0:
-        raise HandlerError("no JSON list in the output")
     try:
-        val, _ = json.JSONDecoder().raw_decode(t, start)
-    except json.JSONDecodeError as e:
-        raise HandlerError(f"not a JSON list: {e.msg}") from None
-    except RecursionError:
-        raise HandlerError("JSON nested too deeply") from None
-    except ValueError:  # e.g. an integer of over 4,300 digits
-        raise HandlerError("a JSON value out of range") from None
-    if not isinstance(val, list):
-        raise HandlerError("not a JSON list")
-    calls = []
-    for c in val:
-        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not isinstance(c.get("arguments", {}),
-                                                                                          dict):
-            raise HandlerError('a list element is not {"name": str, "arguments": {...}}')
-        calls.append({"name": c["name"], "arguments": c.get("arguments", {})})
-    return calls
+        return parse_la(text, tolerant=True)
+    except ToolFormatError as e:
+        raise HandlerError(str(e)) from None
 
 
 # ---------------------------------------------------------------- BFCL
