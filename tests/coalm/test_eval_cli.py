@@ -21,7 +21,7 @@ ARGS = ["--bench", "bfcl", "--data-root", str(ROOT), "--category", "simple,irrel
 
 def _responses(path):
     """irrelevance: prose (correct); live_relevance: a call (correct); simple: one right answer, one wrong, rest absent."""
-    exs = bfcl.load_examples(ROOT, types.SimpleNamespace(category="simple,irrelevance,live_relevance",
+    exs = bfcl.load_examples(ROOT, bfcl.Options(category="simple,irrelevance,live_relevance",
                                                          per_category_limit=4))
     simple = [e for e in exs if e["category"] == "simple"]
     ((_, params),) = simple[0]["answer"][0].items()
