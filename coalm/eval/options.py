@@ -101,9 +101,15 @@ def add_flags(group, cls, suppress: bool = False) -> None:
         kind = _type(cls, f)
         default = argparse.SUPPRESS if suppress else f.default
         shown = "" if f.default is None else f" (default: {f.default})"
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=default, metavar=f.name.upper(),
-                           type=kind if kind in (int, float) else str, choices=f.metadata.get("choices"),
-                           help=f.metadata["help"] + shown)
+        choices = f.metadata.get("choices")
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=default,
+                           metavar=None if choices else f.name.upper(), type=kind if kind in (int, float) else str,
+                           choices=choices, help=f.metadata["help"] + shown)
+
+
+def option_choices(cls, name: str):
+    """The allowed values of field `name` of `cls` (None when any value goes)."""
+    return next(f.metadata.get("choices") for f in dataclasses.fields(cls) if f.name == name)
 
 
 def flag_names(cls) -> list[str]:

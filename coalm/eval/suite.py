@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from coalm.eval.base import EvalError, write_report
+from coalm.eval.options import ModelOptions, RunOptions, option_choices
 from coalm.eval.pipeline import as_responses
 from coalm.eval.registry import get_task
 from coalm.eval.runner import ItemCache, generate
@@ -57,8 +58,8 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--bfcl-limit", type=int, default=50, help="items per BFCL category")
     p.add_argument("--apibank-limit", type=int, default=60, help="API-Bank level-1 call samples, and response samples")
     p.add_argument("--multiwoz-dialogues", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+    p.add_argument("--batch-size", type=int, default=RunOptions.batch_size)
+    p.add_argument("--dtype", default=ModelOptions.dtype, choices=option_choices(ModelOptions, "dtype"),
                    help="base and adapter dtype; auto: bf16 on GPUs and AVX512-BF16/AMX CPUs, else fp32")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"cap every part's output budget (defaults {MAX_NEW_TOKENS}); a cut answer counts as given")
