@@ -107,6 +107,7 @@ def test_user_errors_exit_2(tmp_path, monkeypatch, capsys, extra, message):
     assert not (tmp_path / "rep.json").exists()
 
 
+@pytest.mark.slow  # a subprocess
 def test_malformed_file_exits_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "simple_0", "result": "[f(x=1)]"}\n{"id": "simple_1", "result": [f(x=1)]}\n')

@@ -12,6 +12,7 @@ from coalm.eval.base import EvalError, ItemError
 from coalm.eval.endpoint import EndpointBackend
 from engine.serving import launch
 
+pytestmark = pytest.mark.slow  # starts engine.serve subprocesses
 MODEL = "smollm2-135m"
 ITEMS = ["--bench", "bfcl", "--category", "simple", "--limit", "3", "--max-new-tokens", "10"]
 
