@@ -114,11 +114,13 @@ def test_la_prompt_text_and_tools():
 
 def test_one_home_for_the_la_format():
     from coalm.data import formats as F
-    from coalm.eval import handlers
+    from coalm.eval import task
+    from coalm.eval.api_bank import coalm_style as api_bank_style
+    from coalm.eval.bfcl import coalm_style as bfcl_style
     from engine.serving import templating, tool_parsers
 
     assert F.la_instruction is T.la_instruction and F.la_output is T.la_output and F.LA_TASK is T.LA_TASK
     assert templating.la_instruction is T.la_instruction and tool_parsers.parse_la is T.parse_la
-    assert handlers.parse_la is T.parse_la
-    for mod in (F, handlers, templating, tool_parsers):
+    assert task.parse_la is T.parse_la and bfcl_style.decode_la is task.decode_la is api_bank_style.decode_la
+    for mod in (F, task, templating, tool_parsers, bfcl_style, api_bank_style):
         assert not hasattr(mod, "_FENCE")
