@@ -8,8 +8,9 @@ Options are the fields of `coalm.eval.options.RunOptions`, `ModelOptions` and th
 name (`max_new_tokens=64`, `category="simple"`); each default lives there once. With `out`, the report is written
 there, the outputs beside it in the benchmark's own format (`<stem>.responses<suffix>`, for `responses=` later),
 and the runner's per-item cache as `<stem>.cache.jsonl`: run the same command again and only the items not yet
-answered are generated. Items whose request failed are listed under the report's "errors" (and marked on their
-items); `max_errors` of them stop the run early (the report then says so under meta.stopped).
+answered (by the same model and dtype, with the same output budget) are generated. Items whose request failed are
+listed under the report's "errors" (and marked on their items); `max_errors` of them stop the run early (the report
+then says so under meta.stopped).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ from coalm.eval.registry import get_task
 def _chunk(backend, run: RunOptions, base_url) -> int:
     """Conversations per chat() call: what keeps the backend busy (a DP backend splits it over its replicas)."""
     return getattr(backend, "per_call", None) or (run.concurrency if base_url else run.batch_size)
+
+
+def _settings(backend, run: RunOptions) -> dict:
+    """What outputs depend on besides the prompt: cached outputs of another model, dtype or budget are not reused."""
+    return {"backend": getattr(backend, "name", type(backend).__name__), "dtype": str(getattr(backend, "dtype", "")),
+            "max_new_tokens": run.max_new_tokens}
 
 
 def evaluate(bench: str, out=None, *, backend=None, responses=None, style: str = "official", model: str | None = None,
@@ -74,7 +81,7 @@ def evaluate(bench: str, out=None, *, backend=None, responses=None, style: str =
             backend = backend or make_backend(model, base_url, run, model_options)
         outcome = runner.generate(task, examples, backend, max_new_tokens=run.max_new_tokens,
                                   chunk=_chunk(backend, run, base_url), cache=cache, max_errors=run.max_errors,
-                                  on_chunk=save)
+                                  on_chunk=save, settings=_settings(backend, run))
         if not is_rank0():
             return None  # the other ranks of a torchrun job helped generate; rank 0 scores and writes
         done = [ex for ex in examples if ex["id"] in outcome.responses]

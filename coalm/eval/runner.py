@@ -64,13 +64,17 @@ class Outcome:
 
 
 def generate(task, examples: list[dict], backend, *, max_new_tokens: int, chunk: int, cache: ItemCache | None = None,
-             max_errors: int | None = None, longest_first: bool = False, on_chunk=None, desc: str = "") -> Outcome:
+             max_errors: int | None = None, longest_first: bool = False, on_chunk=None, desc: str = "",
+             settings=None) -> Outcome:
     """Outputs for `examples`: cached ones reused, the others asked `chunk` conversations per `backend.chat` call
     (in input order, or longest prompts first so that a batch holds similar lengths), multi-step items through
-    `task.generate_multi`. `on_chunk(outcome)` runs after every chunk (e.g. to save the outputs so far)."""
+    `task.generate_multi`. `on_chunk(outcome)` runs after every chunk (e.g. to save the outputs so far).
+    `settings` (the model, dtype, output budget...) join each item's fingerprint: outputs cached under other settings
+    are not reused."""
     from tqdm import tqdm
 
-    keys = {ex["id"]: prompt_key(task.prompt(ex)) for ex in examples}
+    keys = {ex["id"]: prompt_key(task.prompt(ex) if settings is None else [task.prompt(ex), settings])
+            for ex in examples}
     out = Outcome(responses=cache.load(keys) if cache is not None else {})
     todo = [ex for ex in examples if ex["id"] not in out.responses]
     single = [ex for ex in todo if not task.multi_step(ex)]

@@ -43,9 +43,15 @@ def test_evaluate_with_a_backend_object_then_rescore_and_resume(tmp_path):
     # the same out: every item comes from the per-item cache
     echo2 = Echo("other text")
     assert evaluate("bfcl", out, backend=echo2, **OPTS)["items"] == report["items"] and echo2.asked == 0
-    # a changed prompt style changes every prompt: nothing is reused
+    # a changed prompt style changes every prompt, another output budget or model every output: nothing is reused
     evaluate("bfcl", out, backend=echo2, style="coalm", **OPTS)
     assert echo2.asked == 6
+    evaluate("bfcl", out, backend=echo2, max_new_tokens=9, **OPTS)
+    assert echo2.asked == 12
+    other = Echo()
+    other.name = "another model"
+    evaluate("bfcl", out, backend=other, **OPTS)
+    assert other.asked == 6
 
 
 @pytest.mark.parametrize("kwargs, message", [
