@@ -5,7 +5,7 @@ A hostile or broken client gets one OpenAI error body and nothing else changes: 
 are closed, connections past the limit are answered 503, oversized bodies 413, malformed request lines 400, unknown
 routes and methods 404/405, out-of-range seeds, booleans for integers and lone surrogates 400 naming the field. The
 API key comes from the environment (never the command line) and guards everything but /health; there is no
-/openapi.json. A 2 MB prompt is tokenized while /health keeps answering; a sequence the model fails is a 500 naming
+/openapi.json. A 1 MB prompt is tokenized while /health keeps answering; a sequence the model fails is a 500 naming
 its request while concurrent ones complete. Bad flags fail in one line before any model loads.
 """
 
@@ -29,6 +29,7 @@ MAX_CONN, MAX_BYTES, HEADER_TIMEOUT = 16, 4_000_000, 2.0
 RULES = [{"when": "POISON", "reply": "half an answer", "error": "probability tensor contains either inf or nan"},
          {"reply": "Hello there, how can I help?"}]
 AUTH = {"Authorization": f"Bearer {KEY}"}
+pytestmark = pytest.mark.slow  # a server subprocess (still part of `make test`)
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +84,9 @@ def _chat(**extra):
 
 
 def test_key_from_the_environment_guards_every_route_but_health(srv, client):
-    cmdline = open(f"/proc/{srv.proc.pid}/cmdline", "rb").read()
-    assert KEY.encode() not in cmdline
+    from pathlib import Path
+
+    assert KEY.encode() not in Path(f"/proc/{srv.proc.pid}/cmdline").read_bytes()
     assert httpx.get(srv.base_url + "/models").status_code == 401
     assert client.models.list().data[0].id == MODEL
     assert httpx.get(srv.url + "/health").json()["status"] == "ok"
@@ -128,8 +130,8 @@ def test_seeds_at_the_int64_bounds_are_accepted(client, seed):
 @pytest.mark.parametrize(("raw", "param"), [
     (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "a\\ud800b"}]}', "messages.0.content"),
     (b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}', "messages.0.content.0.text"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": '
-     b'{"name": "f", "description": "x\\udc00"}}]}', "tools.0.function.description"),
+    ((b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": '
+      b'{"name": "f", "description": "x\\udc00"}}]}'), "tools.0.function.description"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\ud83d"]}', "stop.0"),
 ])
 def test_lone_surrogates_are_400s_naming_the_field(srv, raw, param):
@@ -137,7 +139,7 @@ def test_lone_surrogates_are_400s_naming_the_field(srv, raw, param):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == param and err["code"] == "invalid_unicode" and param in err["message"]
-    ok = _post(srv, '{"messages": [{"role": "user", "content": "caf\\u00e9 \\ud83d\\ude00"}]}'.encode())
+    ok = _post(srv, b'{"messages": [{"role": "user", "content": "caf\\u00e9 \\ud83d\\ude00"}]}')
     assert ok.status_code == 200  # a surrogate pair is a real character
 
 
@@ -203,9 +205,9 @@ def test_connections_past_the_limit_get_503_and_service_resumes(srv, client):
 
 
 def test_a_huge_prompt_does_not_stall_the_event_loop(srv):
-    """2 MB of prompt takes seconds to tokenize; /health must keep answering meanwhile (it would not answer at all
+    """1 MB of prompt takes seconds to tokenize; /health must keep answering meanwhile (it would not answer at all
     while tokenization held the event loop). The prompt is then refused as over the context length."""
-    text = "lorem ipsum dolor sit amet " * (2_000_000 // 27)
+    text = "lorem ipsum dolor sit amet " * (1_000_000 // 27)
     result = {}
 
     def big():
