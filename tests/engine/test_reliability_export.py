@@ -37,7 +37,9 @@ def _tree(d: Path) -> dict:
 def inputs(tmp_path_factory):
     """A debug base model folder and a LoRA adapter on it (random, non-zero B)."""
     root = tmp_path_factory.mktemp("inputs")
-    model, tok = engine.load("debug", random_init=True, dtype=torch.float32, device="cpu", seed=3)
+    with pytest.MonkeyPatch.context() as mp:  # module scope runs before conftest's per-test removal
+        mp.delenv("TRITON_INTERPRET", raising=False)
+        model, tok = engine.load("debug", random_init=True, dtype=torch.float32, device="cpu", seed=3)
     export_hf(model, tok, root / "base", dtype=torch.float32)
     apply_lora(model, rank=2, alpha=4)
     for m in lora_modules(model).values():
@@ -153,6 +155,7 @@ ex.export_hf(model, tok, sys.argv[1], dtype=torch.float32, overwrite=True)
 """
 
 
+@pytest.mark.slow  # a subprocess killed with SIGKILL
 def test_export_killed_mid_write_leaves_the_previous_folder(inputs, tmp_path):
     out, marker = tmp_path / "model", tmp_path / "marker"
     base, tok = engine.load(inputs / "base", dtype=torch.float32, device="cpu")
