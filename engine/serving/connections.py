@@ -4,7 +4,8 @@ uvicorn closes idle keep-alive connections, but it has no deadline for a request
 a header a minute holds its connection forever: slowloris), its concurrency limit answers 503 only once a request has
 arrived, and its malformed-request answer is plain text. Here:
 - headers must be complete within `header_timeout` seconds of the connection opening (or of the previous response),
-  otherwise the connection is closed;
+  otherwise the connection is closed (also when, after a response, the client keeps dribbling a body the route
+  never read);
 - a connection beyond `max_connections` is answered 503 at once, with OpenAI's JSON error body, and closed;
 - a malformed request line or header is answered 400 with OpenAI's JSON error body.
 The request body has its own deadline in the app (`app.read_body`), which also enforces the size limit.
@@ -57,23 +58,27 @@ def protocol_class(header_timeout: float, max_connections: int) -> type[H11Proto
                 self._header_timer.cancel()
                 self._header_timer = None
 
+        def _busy(self) -> bool:
+            # a request's headers are in and its response is not finished: the app's own deadlines apply
+            return self.conn.our_state in (h11.SEND_RESPONSE, h11.SEND_BODY)
+
         def _header_timeout(self):
             self._header_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self.logger.info("closing a connection whose request headers did not arrive in %.0f s",
-                                 header_timeout)
+            if not self._busy() and not self.transport.is_closing():
+                self.logger.info("closing a connection that sent no complete request in %.0f s", header_timeout)
                 self.transport.close()
 
         def data_received(self, data: bytes):
-            if self.conn.their_state is h11.IDLE:
+            if not self._busy():
                 self._arm()  # the clock started at connect (or at the previous response); bytes do not reset it
             super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:
+            if self._busy():
                 self._disarm()  # the headers are complete
 
         def on_response_complete(self):
             super().on_response_complete()
-            # the keep-alive timer closes an idle connection; a started but unfinished next request is ours
+            # the keep-alive timer closes a silent connection, but any byte cancels it: a client dribbling the next
+            # request's headers, or the rest of a body the app never read, is closed by ours
             self._disarm()
             if not self.transport.is_closing():
                 self._arm()

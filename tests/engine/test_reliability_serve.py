@@ -156,21 +156,30 @@ def test_oversized_bodies_are_413s(srv):
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
+def _dribble_until_closed(s: socket.socket, limit: float = 20.0) -> bool:
+    """Send a byte every 0.2 s; True once the server has closed the connection (within `limit` seconds)."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        try:
+            s.sendall(b"X")
+            time.sleep(0.2)
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+    return False
+
+
 def test_slow_headers_idle_and_slow_bodies_are_cut_off(srv):
     """A client dribbling header bytes, one sending nothing, and one dribbling its body are all closed; bounded by
     the socket timeout (the test fails, rather than hangs, if the server never closes them)."""
     addr = _addr(srv)
     with socket.create_connection(addr, timeout=30) as idle, socket.create_connection(addr, timeout=30) as slow:
         slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
-        start, closed = time.monotonic(), False
-        while time.monotonic() - start < 20 and not closed:
-            try:
-                slow.sendall(b"X")  # a header byte every 0.2 s: never complete
-                time.sleep(0.2)
-            except (BrokenPipeError, ConnectionResetError):
-                closed = True
-        assert closed
+        assert _dribble_until_closed(slow)  # a header byte every 0.2 s: never complete
         assert idle.recv(1) == b""  # closed without a word: it never sent a request
+    with socket.create_connection(addr, timeout=30) as s:  # a body no route reads, dribbled after the answer
+        s.sendall(b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        assert b" 405 " in s.recv(65536).split(b"\r\n")[0]
+        assert _dribble_until_closed(s)
     body = json.dumps(_chat()).encode()
     with socket.create_connection(addr, timeout=30) as s:
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
