@@ -19,19 +19,29 @@ from pathlib import Path
 # The demo's own training length: the CoALM recipe (3 epochs at lr 1e-4) over the sample takes ~20 minutes on two
 # CPU cores, so the demo runs 24 steps (192 rows) at a higher rate, which a 135M model needs to show the effect.
 DEMO_ARGS = ["--steps", "24", "--lr", "5e-4"]
-# A small real-benchmark subset, scored through coalm.eval: BFCL V3 `simple` (Python function calls).
-BFCL_ARGS = ["--bench", "bfcl", "--category", "simple", "--limit", "8", "--max-new-tokens", "48"]
+SAMPLE = {"max_new_tokens": 64}
+# A small real-benchmark subset, scored through coalm.eval: BFCL V3 `simple`, in the CoALM-IT prompt style (the LA
+# tool list and JSON calls the adapter learned, as `make agent` scores it) and in BFCL's official Python-call prompt.
+BFCL = {"category": "simple", "limit": 8, "max_new_tokens": 48}
+STYLES = ("coalm", "official")
 
 
-def score(bench: str, cfg, name: str, adapter: Path | None, extra: list[str]) -> dict:
-    """One coalm.eval report of the base model (adapter None) or the fine-tuned adapter."""
+def score_model(cfg, name: str, adapter: Path | None, bfcl: bool) -> dict:
+    """The sample's summary and the BFCL accuracies (per prompt style) of one model, loaded once. A QLoRA run is
+    scored on the NF4 base its adapter was trained against: the function that was trained, and 8x fewer weight
+    bytes per decoded token."""
     from coalm.eval import evaluate
+    from coalm.eval.backends import LocalBackend
 
-    flags = dict(zip((k.lstrip("-").replace("-", "_") for k in extra[::2]), extra[1::2]))
-    # A QLoRA run is scored on the NF4 base its adapter was trained against: the function that was trained, and 8x
-    # fewer weight bytes per decoded token.
-    return evaluate(bench, Path(cfg.out) / bench / f"{name}.json", model=cfg.model, adapter=adapter,
-                    quantize="nf4" if cfg.mode == "qlora" else None, **flags)
+    out = Path(cfg.out)
+    backend = LocalBackend(cfg.model, adapter=str(adapter) if adapter else None, batch_size=8,
+                           quantize="nf4" if cfg.mode == "qlora" else None)
+    report = evaluate("sample", out / "sample" / f"{name}.json", backend=backend, **SAMPLE)
+    res = {"sample": report["summary"], "n_rows": report["meta"]["n_examples"], "bfcl": {}}
+    for style in STYLES if bfcl else ():
+        items = evaluate("bfcl", out / "bfcl" / f"{name}-{style}.json", backend=backend, style=style, **BFCL)["items"]
+        res["bfcl"][style] = (sum(i["verdict"] == "correct" for i in items) / max(1, len(items)), len(items))
+    return res
 
 
 def table(before: dict, after: dict) -> str:
@@ -44,19 +54,13 @@ def table(before: dict, after: dict) -> str:
     return "\n".join(lines)
 
 
-def bfcl_subset(cfg) -> dict | None:
-    """Base vs adapter on a few BFCL items; None when no BFCL data is found."""
+def has_bfcl() -> bool:
     from coalm.paths import data_root
 
-    if not (data_root() / "bfcl").is_dir():
-        print("(no BFCL data found under the data root: skipping the benchmark subset)")
-        return None
-    res = {}
-    for name, adapter in (("before", None), ("after", Path(cfg.out) / "adapter")):
-        items = score("bfcl", cfg, name, adapter, BFCL_ARGS[2:])["items"]
-        res[name] = sum(i["verdict"] == "correct" for i in items) / max(1, len(items))
-        res["n"] = len(items)
-    return res
+    if (data_root() / "bfcl").is_dir():
+        return True
+    print("(no BFCL data found under the data root: skipping the benchmark subset)")
+    return False
 
 
 def main(argv=None) -> int:
@@ -68,27 +72,34 @@ def main(argv=None) -> int:
         argv += ["--out", f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"]
     try:
         cfg = parse_config(DEMO_ARGS + argv)
+        seconds = {}
         t0 = time.time()
         last = train(cfg)
-        train_s = time.time() - t0
-        sample_args = ["--max-new-tokens", "64", "--batch-size", "8"]
-        before = score("sample", cfg, "before", None, sample_args)["summary"]
-        after_report = score("sample", cfg, "after", Path(cfg.out) / "adapter", sample_args)
-        after, n_rows = after_report["summary"], after_report["meta"]["n_examples"]
-        bfcl = bfcl_subset(cfg)
+        seconds["train"] = time.time() - t0
+        bfcl = has_bfcl()
+        t0 = time.time()
+        before = score_model(cfg, "before", None, bfcl)
+        seconds["base scoring"] = time.time() - t0
+        t0 = time.time()
+        after = score_model(cfg, "after", Path(cfg.out) / "adapter", bfcl)
+        seconds["adapter scoring"] = time.time() - t0
     except (ValueError, FileNotFoundError, TrainError, EvalError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(cfg.out)
-    (out / "demo_eval.json").write_text(json.dumps({"before": before, "after": after,
+    (out / "demo_eval.json").write_text(json.dumps({"before": before, "after": after, "seconds": seconds,
                                                     "reports": [str(out / "sample" / "after.json")]}, indent=1))
-    print(f"\nQLoRA fine-tune of {cfg.model} on the embedded CoALM-IT sample: {last['step']} steps in {train_s:.0f} s, "
+    print(f"\nQLoRA fine-tune of {cfg.model} on the embedded CoALM-IT sample: {last['step']} steps, "
           f"final loss {last['loss']:.3f} ({out / 'loss.png'})")
-    print(f"held-out sample ({n_rows} rows), base model vs fine-tuned adapter:\n")
-    print(table(before, after))
+    print(f"held-out sample ({after['n_rows']} rows), base model vs fine-tuned adapter:\n")
+    print(table(before["sample"], after["sample"]))
     if bfcl:
-        print(f"\nBFCL V3 simple, first {bfcl['n']} items (AST accuracy): base {bfcl['before']:.1%}, "
-              f"fine-tuned {bfcl['after']:.1%}  (the sample teaches JSON calls, BFCL asks for Python calls)")
+        (b, n), (a, _) = before["bfcl"]["coalm"], after["bfcl"]["coalm"]
+        (bo, _), (ao, _) = before["bfcl"]["official"], after["bfcl"]["official"]
+        print(f"\nBFCL V3 simple, first {n} items, AST accuracy: CoALM-IT prompt style (the format the adapter "
+              f"learned) base {b:.1%}, fine-tuned {a:.1%}; official Python-call prompt base {bo:.1%}, fine-tuned "
+              f"{ao:.1%}")
+    print("\ntime: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     print(f"\nadapter: {out / 'adapter'} (PEFT format); details: {out / 'demo_eval.json'}")
     return 0
 
