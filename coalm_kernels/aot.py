@@ -114,10 +114,9 @@ def cases(full: bool, arch: int) -> list[Case]:
         main = label == "8B" and dt == torch.bfloat16  # the preset that gets every flag
         w = f"{label} {_dt(dt)}"
         linears = sorted({(hq * hd, dim), (hkv * hd, dim), (dim, hq * hd), (ffn, dim), (dim, ffn)})
-        if full and main:
-            linears.append((dim, dim + 4))  # a K that is no multiple of the blocksize: the element-wise NF4 path
+        ragged = (dim, dim + 4)  # a K that is no multiple of the blocksize: the element-wise NF4 path (not Llama's)
         for kind, spec, tf32 in _lora_kinds(full, dt):
-            for (N, K) in linears:
+            for (N, K) in linears + ([ragged] if full and main and spec else []):
                 for M in (M_RANGES if full else (4096,)):
                     for op in ("fwd", "dx"):
                         add(f"{w} {kind} M={M} N={N} K={K}", dt, lora_matmul.launch_plan, op, M, N, K, 16, dt, spec,

@@ -21,23 +21,26 @@ _GPU_DTYPES = (torch.float16, torch.bfloat16)
 _INTERP_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # (BLOCK_M, BLOCK_N, warps, stages) per arch family and launch, optionally per head dim; "decode" is for <= 64
-# packed query rows. dK/dV holds two (BLOCK_N, D) fp32 accumulators plus its K and V blocks for the whole loop,
-# which is what spills at D=128 in larger tiles.
+# packed query rows, "decode_large" for more (the decode kernel's extra index math spills sm_80's (64, 64, 4) tile).
+# dK/dV holds two (BLOCK_N, D) fp32 accumulators plus its K and V blocks for the whole loop, which is what spills
+# at D=128 in larger tiles: sm_90 keeps wgmma only with BLOCK_M=16 and one stage there.
 _CONFIGS = {
     (90, "fwd"): [(128, 64, 8, 3), (64, 64, 4, 3)],
     (90, "decode"): [(16, 64, 4, 3), (64, 64, 4, 3)],
+    (90, "decode_large"): [(128, 64, 8, 3), (64, 64, 4, 3)],
     (90, "dkdv", 64): [(32, 64, 8, 3), (64, 64, 8, 2)],
     (90, "dkdv", 128): [(16, 32, 4, 3), (16, 64, 8, 1)],
     (90, "dq"): [(128, 64, 8, 3), (64, 64, 4, 3)],
     (80, "fwd"): [(128, 64, 8, 3), (64, 64, 4, 3)],
-    (80, "decode"): [(16, 64, 4, 3), (32, 64, 4, 3)],
+    (80, "decode"): [(16, 64, 4, 3), (32, 64, 8, 3)],
+    (80, "decode_large"): [(128, 64, 8, 3), (64, 32, 4, 3)],
     (80, "dkdv", 64): [(32, 64, 8, 3), (16, 64, 4, 3)],
     (80, "dkdv", 128): [(32, 64, 8, 2), (64, 64, 8, 2)],
     (80, "dq"): [(128, 32, 8, 3), (64, 64, 4, 3)],
 }
 # The interpreter runs every block in Python: small fixed blocks; BLOCK_M > BLOCK_N in the forward exercises
 # several masked blocks per row.
-_INTERP = {"fwd": (64, 32), "decode": (16, 32), "dkdv": (32, 64), "dq": (64, 32)}
+_INTERP = {"fwd": (64, 32), "decode": (16, 32), "decode_large": (64, 32), "dkdv": (32, 64), "dq": (64, 32)}
 _TUNE_KEY = ("tune_q", "HEAD_DIM", "CAUSAL", "VARLEN")
 
 
@@ -78,8 +81,8 @@ def launch_plan(op: str, dtype: torch.dtype, hq: int, hkv: int, head_dim: int, s
         consts = {"HQ": hq, "GROUP": group, "HEAD_DIM": d, "CAUSAL": True, "VARLEN": False, "KV_LENS": True,
                   "PACK_GQA": True}
         key = _TUNE_KEY + ("tune_k", "KV_LENS", "PACK_GQA")
-        return Launch(name, _fwd_kernel, args, consts, _configs(fam, "decode" if rows <= 64 else "fwd", d), key,
-                      dot_m="BLOCK_M")
+        configs = _configs(fam, "decode" if rows <= 64 else "decode_large", d)
+        return Launch(name, _fwd_kernel, args, consts, configs, key, dot_m="BLOCK_M")
     total = batch * seqlen
     pad = 0 if varlen else seqlen
 

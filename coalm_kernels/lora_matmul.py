@@ -19,9 +19,9 @@ the kernels only when torch.backends.cuda.matmul.allow_tf32 is set, as torch its
 NF4 tiles: with K % blocksize == 0 (every Llama shape) quantization blocks lie inside rows and a tile is
 dequantized block by block (one absmax per min(blocksize, tile width) values, each byte read once); otherwise
 value by value (the "gather" path, with more live registers: only for K % blocksize != 0).
-Limits: any r (handled in chunks of at most 64); every dimension < 2**31, N * K < 2**36. On CUDA the tile
-sizes are autotuned per (M rounded up to a power of two, N, K, r, weight kind) among 2-4 configs per M
-range; under the interpreter one small config runs.
+Limits: any r (handled in chunks of at most 64); every dimension < 2**31, N * K < 2**36. `launch_plan` gives what
+runs: on CUDA tiles autotuned per (M rounded up to a power of two, N, K, r) among the arch's 2 candidates for
+that M range and operand dtype; under the interpreter one small config. Outside the plan: PlanError.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from coalm_kernels import native
 from coalm_kernels._dispatch import HAS_TRITON, use_triton
 from coalm_kernels.nf4 import NF4Weight, dequantize_nf4_ref, nf4_kernel_args
-from coalm_kernels.plan import Config, Launch, arch_of, family, need, run
+from coalm_kernels.plan import Config, Launch, PlanError, arch_of, family, need, run
 
 if HAS_TRITON:
     import triton
@@ -144,31 +144,39 @@ if HAS_TRITON:
         tl.store(dx_ptrs, acc.to(dtype), mask=(m0 + lm[:, None] < M) & (k0 + lk[None, :] < K))
 
 # Candidates (BLOCK_M, output-column block, looped block, warps, stages) per arch family, operand class and M range:
-# two each, since every one costs a compile on the first call. Every one was compiled ahead of time for its arch
+# one or two each, since every one costs a compile on the first call (sm_80 keeps one where the second spilled). Every one was compiled ahead of time for its arch
 # (`python -m coalm_kernels.aot --full`, bench/aot_report.md): no compile failure, within the arch's shared
 # memory, no register spill at bf16/fp16 (fp32: under 1 KB per thread), wgmma on sm_90 for BLOCK_M >= 64.
 # Hopper: up to 128 x 256 tiles, 8 warps, 3 stages for big M (the dequantized W tile is shared by BLOCK_M rows);
 # narrow M tiles and a long inner block when decoding. fp32 operands take half the tile area (twice the bytes),
 # and the element-wise NF4 path ("gather", K % blocksize != 0 only) gathers every value: small tiles, 2 stages.
+# fp32 without TF32 ("ieee") has no tensor-core path: tl.dot becomes FMA loops whose operands live in registers, and
+# a K block over 16 spills kilobytes per thread.
 _SHAPES = {
-    (90, "half", "small"): [(16, 64, 128, 4, 3), (32, 64, 128, 4, 4)],
+    (90, "half", "small"): [(32, 64, 64, 8, 3)],
     (90, "half", "mid"): [(64, 128, 64, 4, 4), (128, 128, 64, 8, 3)],
     (90, "half", "large"): [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3)],
-    (80, "half", "small"): [(16, 64, 128, 4, 3), (32, 64, 128, 4, 3)],
-    (80, "half", "mid"): [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3)],
-    (80, "half", "large"): [(128, 128, 32, 8, 3), (128, 64, 64, 4, 3)],
+    (80, "half", "small"): [(16, 64, 128, 4, 3)],
+    (80, "half", "mid"): [(64, 64, 64, 4, 3)],
+    (80, "half", "large"): [(128, 128, 32, 8, 3)],
     (90, "fp32", "small"): [(16, 64, 64, 4, 3), (32, 64, 64, 4, 3)],
     (90, "fp32", "mid"): [(64, 64, 64, 4, 3), (64, 128, 32, 4, 3)],
     (90, "fp32", "large"): [(128, 128, 32, 8, 3), (64, 128, 32, 4, 3)],
     (80, "fp32", "small"): [(16, 64, 64, 4, 3), (32, 64, 64, 4, 3)],
     (80, "fp32", "mid"): [(64, 64, 64, 4, 3), (64, 128, 32, 4, 3)],
     (80, "fp32", "large"): [(128, 128, 32, 8, 3), (64, 128, 32, 4, 3)],
-    (90, "gather", "small"): [(16, 64, 64, 4, 2)],
-    (90, "gather", "mid"): [(64, 64, 64, 4, 2)],
-    (90, "gather", "large"): [(128, 64, 64, 8, 2)],
-    (80, "gather", "small"): [(16, 64, 64, 4, 2)],
-    (80, "gather", "mid"): [(64, 64, 64, 4, 2)],
-    (80, "gather", "large"): [(128, 64, 64, 8, 2)],
+    (90, "ieee", "small"): [(32, 64, 16, 4, 3)],
+    (90, "ieee", "mid"): [(32, 64, 16, 4, 3), (128, 64, 16, 8, 3)],
+    (90, "ieee", "large"): [(128, 64, 16, 8, 3)],
+    (80, "ieee", "small"): [(32, 64, 16, 4, 3)],
+    (80, "ieee", "mid"): [(32, 64, 16, 4, 3), (128, 64, 16, 8, 3)],
+    (80, "ieee", "large"): [(128, 64, 16, 8, 3)],
+    (90, "gather", "small"): [(16, 32, 64, 4, 2)],
+    (90, "gather", "mid"): [(64, 64, 64, 8, 2)],
+    (90, "gather", "large"): [(64, 64, 64, 8, 2)],
+    (80, "gather", "small"): [(16, 32, 64, 4, 2)],
+    (80, "gather", "mid"): [(64, 64, 64, 8, 2)],
+    (80, "gather", "large"): [(64, 64, 64, 8, 2)],
 }
 _INTERP = (32, 32, 64, 4, 1)  # BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, -: small, the interpreter is slow
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -205,7 +213,8 @@ def launch_plan(op: str, M: int, N: int, K: int, R: int, dtype: torch.dtype, nf4
         bm, bn, bk, group, _ = _INTERP
         configs = (Config.of(4, 1, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group),)
     else:
-        kind = "gather" if nf4 is not None and not aligned else "fp32" if dtype == torch.float32 else "half"
+        kind = ("gather" if nf4 is not None and not aligned else "ieee" if precision == "ieee"
+                else "fp32" if dtype == torch.float32 else "half")
         m_range = "small" if M <= 32 else "mid" if M <= 256 else "large"
         configs = tuple(Config.of(w, s, BLOCK_M=bm, **{"BLOCK_" + other: bo, "BLOCK_" + inner: bi}, GROUP_M=8)
                         for bm, bo, bi, w, s in _candidates(fam, kind, m_range))
@@ -302,7 +311,11 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor | NF4Weight, lora_a: torch
                 scale: float) -> torch.Tensor:  # fmt: skip
     """y = x @ W^T + scale * (x @ lora_a^T) @ lora_b^T; differentiable in x, lora_a and lora_b (W is frozen)."""
     _check(x, weight, lora_a, lora_b)
-    # fp32 factors under half-precision x (CPU mixed precision) take the plain-torch path: the kernels take one dtype
+    # fp32 factors under half-precision x (CPU mixed precision) take the plain-torch path: the kernels take one dtype,
+    # and a GPU never falls back silently to the slower path
+    if x.is_cuda and lora_a.dtype != x.dtype:
+        raise PlanError(f"lora_linear: lora_a/lora_b dtype {lora_a.dtype} differs from x dtype {x.dtype}; on a GPU "
+                        "the fused kernels take one dtype (mixed fp32 factors run on CPU only)")
     if not use_triton(x) or x.numel() == 0 or lora_a.dtype != x.dtype:
         if isinstance(weight, NF4Weight) and x.device.type == "cpu" and x.numel():
             return _add_low_rank(_NF4LinearCPU.apply(x, weight), x, lora_a, lora_b, scale)

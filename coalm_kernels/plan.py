@@ -107,7 +107,8 @@ def run(plan: Launch, grid, *args) -> None:
         g = grid(meta) if callable(grid) else grid
         plan.kernel[g](*args, **meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **plan.options)
         return
-    tkey = (plan.name, plan.configs, plan.key)
+    # one tuner per candidate list and constexpr set: a config tuned for one weight kind is not reused for another
+    tkey = (plan.name, plan.configs, plan.key, tuple(sorted((k, str(v)) for k, v in plan.constexprs.items())))
     tuner = _TUNERS.get(tkey)
     if tuner is None:
         configs = [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in plan.configs]

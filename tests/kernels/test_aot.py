@@ -101,3 +101,22 @@ def test_plans_are_per_arch_and_fp32_dx_nf4_takes_the_transposed_variant():
         assert not half.constexprs["W_FIRST"] and half.dot_m == "BLOCK_M"
     interp = lora_matmul.launch_plan("fwd", 4096, 4096, 4096, 16, torch.float16, None, False, None)
     assert len(interp.configs) == 1
+
+
+@pytest.mark.gpu
+def test_gpu_never_falls_back_silently():
+    """On a GPU, what the plans do not cover raises instead of running a slower torch path."""
+    from coalm_kernels.flash_attn import flash_attention
+    from coalm_kernels.lora_matmul import lora_linear
+    from coalm_kernels.rms_norm import rms_norm
+
+    x = torch.randn(2, rms_norm_n := 65537, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(PlanError, match="rms_norm.fwd: N=65537"):
+        rms_norm(x, torch.ones(rms_norm_n, device="cuda", dtype=torch.bfloat16), 1e-5)
+    x, w = torch.randn(4, 64, device="cuda", dtype=torch.bfloat16), torch.randn(32, 64, device="cuda").bfloat16()
+    a, b = torch.randn(8, 64, device="cuda"), torch.randn(32, 8, device="cuda")  # fp32 factors
+    with pytest.raises(PlanError, match="lora_linear"):
+        lora_linear(x, w, a, b, 2.0)
+    q = torch.randn(1, 16, 4, 128, device="cuda")
+    with pytest.raises(ValueError, match="dtype"):
+        flash_attention(q, q, q)
