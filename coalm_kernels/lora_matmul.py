@@ -17,10 +17,11 @@ kernels; CPU tensors with an NF4 weight run the compiled ops (`coalm_kernels.nat
 in backward); otherwise `lora_linear_ref` (dequantize, then three torch matmuls) runs. fp32 operands use TF32 in
 the kernels only when torch.backends.cuda.matmul.allow_tf32 is set, as torch itself does.
 NF4 tiles: with K % blocksize == 0 (every Llama shape) quantization blocks lie inside rows and a tile is
-dequantized block by block (one absmax per 64 values, each byte read once); otherwise value by value.
-Limits: any r (handled in chunks of at most 64); every dimension < 2**31, N * K < 2**36. On CUDA the tile
-sizes are autotuned per (M rounded up to a power of two, N, K, r, weight kind) among 2-4 configs per M
-range; under the interpreter one small config runs.
+dequantized block by block (one absmax per min(blocksize, tile width) values, each byte read once); otherwise
+value by value (the "gather" path, with more live registers: only for K % blocksize != 0).
+Limits: any r (handled in chunks of at most 64); every dimension < 2**31, N * K < 2**36. `launch_plan` gives what
+runs: on CUDA tiles autotuned per (M rounded up to a power of two, N, K, r) among the arch's 2 candidates for
+that M range and operand dtype; under the interpreter one small config. Outside the plan: PlanError.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from coalm_kernels import native
-from coalm_kernels._dispatch import HAS_TRITON, interpreting, use_triton
+from coalm_kernels._dispatch import HAS_TRITON, use_triton
 from coalm_kernels.nf4 import NF4Weight, dequantize_nf4_ref, nf4_kernel_args
+from coalm_kernels.plan import Config, Launch, PlanError, arch_of, family, need, run
 
 if HAS_TRITON:
     import triton
@@ -45,7 +47,7 @@ if HAS_TRITON:
         """W[n0:n0+BN, k0:k0+BK] in DTYPE, zero outside N x K."""
         if IS_NF4:
             w = _nf4_tile(n0, k0, N, K, w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, BN, BK, BS,
-                          256, DOUBLE, K_DIV_BS and BK % BS == 0)
+                          256, DOUBLE, K_DIV_BS and (BK % BS == 0 or BS % BK == 0))
         else:
             ln = tl.arange(0, BN)
             lk = tl.arange(0, BK)
@@ -114,8 +116,9 @@ if HAS_TRITON:
                    M, N, K, R, scale, stride_dym, stride_wn, stride_dybm, stride_ar, stride_dxm, M_BUCKET,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
                    GROUP_M: tl.constexpr, IS_NF4: tl.constexpr, BS: tl.constexpr, DOUBLE: tl.constexpr,
-                   K_DIV_BS: tl.constexpr, PRECISION: tl.constexpr):
-        """dx tile = scale * dyB @ A + dy @ W, over (M, K) tiles, looping over N."""
+                   K_DIV_BS: tl.constexpr, PRECISION: tl.constexpr, W_FIRST: tl.constexpr):
+        """dx tile = scale * dyB @ A + dy @ W, over (M, K) tiles, looping over N. W_FIRST computes the transpose,
+        dx^T = W^T @ dy^T, so that the dequantized W tile is the register operand (see `launch_plan`)."""
         pid_m, pid_k = _tile_ids(M, K, BLOCK_M, BLOCK_K, GROUP_M)
         m0, k0 = pid_m * BLOCK_M, pid_k * BLOCK_K
         lm, ln, lk = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_K)
@@ -123,70 +126,127 @@ if HAS_TRITON:
         acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
         acc = _low_rank(acc, dyb_ptr, a_ptr, m0, k0, M, K, R, stride_dybm, stride_ar, False, BLOCK_M, BLOCK_K, BLOCK_R,
                         PRECISION) * scale
+        if W_FIRST:
+            acc_t = tl.trans(acc)
         dy_ptrs = dy_ptr + tl.cast(m0, tl.int64) * stride_dym + lm[:, None] * stride_dym + ln[None, :]
         for n0 in range(0, N, BLOCK_N):
             dy = tl.load(dy_ptrs, mask=(m0 + lm[:, None] < M) & (n0 + ln[None, :] < N), other=0.0)
             w = _w_tile(w_ptr, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, code_ptr, n0, k0, N, K, stride_wn,
                         BLOCK_N, BLOCK_K, IS_NF4, BS, DOUBLE, K_DIV_BS, dtype)
-            acc = tl.dot(dy, w, acc, input_precision=PRECISION)
+            if W_FIRST:
+                acc_t = tl.dot(tl.trans(w), tl.trans(dy), acc_t, input_precision=PRECISION)
+            else:
+                acc = tl.dot(dy, w, acc, input_precision=PRECISION)
             dy_ptrs += BLOCK_N
+        if W_FIRST:
+            acc = tl.trans(acc_t)
         dx_ptrs = dx_ptr + tl.cast(m0, tl.int64) * stride_dxm + k0 + lm[:, None] * stride_dxm + lk[None, :]
         tl.store(dx_ptrs, acc.to(dtype), mask=(m0 + lm[:, None] < M) & (k0 + lk[None, :] < K))
 
-    # (BLOCK_M, BLOCK of the output columns, BLOCK of the looped dim, warps, stages) per M range: a few candidates
-    # each, since every one costs a compile. Hopper: 128-256 x 128-256 tiles, 8 warps, 3 stages for big M
-    # (the dequantized W tile is shared by BLOCK_M rows); narrow M tiles and a long inner block when decoding.
-    # The element-wise NF4 path (K % blocksize != 0) gathers every value: two stages keep it in shared memory.
-    _SHAPES = {
-        ("tiled", "small"): [(16, 64, 256, 4, 3), (32, 64, 128, 4, 4)],
-        ("tiled", "mid"): [(64, 64, 128, 4, 4), (64, 128, 64, 4, 4), (128, 128, 64, 8, 3)],
-        ("tiled", "large"): [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 128, 8, 3)],
-        ("gather", "small"): [(16, 64, 64, 4, 2), (32, 64, 64, 4, 2)],
-        ("gather", "mid"): [(64, 64, 64, 4, 2), (128, 64, 64, 8, 2)],
-        ("gather", "large"): [(128, 64, 64, 8, 2), (128, 128, 64, 8, 2)],
-    }
+# Candidates (BLOCK_M, output-column block, looped block, warps, stages) per arch family, operand class and M range:
+# one or two each, since every one costs a compile on the first call (sm_80 keeps one where the second spilled). Every one was compiled ahead of time for its arch
+# (`python -m coalm_kernels.aot --full`, bench/aot_report.md): no compile failure, within the arch's shared
+# memory, no register spill at bf16/fp16 (fp32: under 1 KB per thread), wgmma on sm_90 for BLOCK_M >= 64.
+# Hopper: up to 128 x 256 tiles, 8 warps, 3 stages for big M (the dequantized W tile is shared by BLOCK_M rows);
+# narrow M tiles and a long inner block when decoding. fp32 operands take half the tile area (twice the bytes),
+# and the element-wise NF4 path ("gather", K % blocksize != 0 only) gathers every value: small tiles, 2 stages.
+# fp32 without TF32 ("ieee") has no tensor-core path: tl.dot becomes FMA loops whose operands live in registers, and
+# a K block over 16 spills kilobytes per thread.
+_SHAPES = {
+    (90, "half", "small"): [(32, 64, 64, 8, 3)],
+    (90, "half", "mid"): [(64, 128, 64, 4, 4), (128, 128, 64, 8, 3)],
+    (90, "half", "large"): [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3)],
+    (80, "half", "small"): [(16, 64, 128, 4, 3)],
+    (80, "half", "mid"): [(64, 64, 64, 4, 3)],
+    (80, "half", "large"): [(128, 128, 32, 8, 3)],
+    (90, "fp32", "small"): [(16, 64, 64, 4, 3), (32, 64, 64, 4, 3)],
+    (90, "fp32", "mid"): [(64, 64, 64, 4, 3), (64, 128, 32, 4, 3)],
+    (90, "fp32", "large"): [(128, 128, 32, 8, 3), (64, 128, 32, 4, 3)],
+    (80, "fp32", "small"): [(16, 64, 64, 4, 3), (32, 64, 64, 4, 3)],
+    (80, "fp32", "mid"): [(64, 64, 64, 4, 3), (64, 128, 32, 4, 3)],
+    (80, "fp32", "large"): [(128, 128, 32, 8, 3), (64, 128, 32, 4, 3)],
+    (90, "ieee", "small"): [(32, 64, 16, 4, 3)],
+    (90, "ieee", "mid"): [(32, 64, 16, 4, 3), (128, 64, 16, 8, 3)],
+    (90, "ieee", "large"): [(128, 64, 16, 8, 3)],
+    (80, "ieee", "small"): [(32, 64, 16, 4, 3)],
+    (80, "ieee", "mid"): [(32, 64, 16, 4, 3), (128, 64, 16, 8, 3)],
+    (80, "ieee", "large"): [(128, 64, 16, 8, 3)],
+    (90, "gather", "small"): [(16, 32, 64, 4, 2)],
+    (90, "gather", "mid"): [(64, 64, 64, 8, 2)],
+    (90, "gather", "large"): [(64, 64, 64, 8, 2)],
+    (80, "gather", "small"): [(16, 32, 64, 4, 2)],
+    (80, "gather", "mid"): [(64, 64, 64, 8, 2)],
+    (80, "gather", "large"): [(64, 64, 64, 8, 2)],
+}
+_INTERP = (32, 32, 64, 4, 1)  # BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, -: small, the interpreter is slow
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-    def _configs(inner: str):
-        other = "K" if inner == "N" else "N"
-        shapes = dict.fromkeys(s for group in _SHAPES.values() for s in group)  # unique, in order
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_" + other: bo, "BLOCK_" + inner: bi, "GROUP_M": 8},
-                              num_warps=warps, num_stages=stages) for bm, bo, bi, warps, stages in shapes]
 
-    def _pruner(inner: str):
-        other = "K" if inner == "N" else "N"
-
-        def prune(configs, named_args, **kwargs):
-            m = named_args["M_BUCKET"]
-            kind = "gather" if kwargs["IS_NF4"] and not kwargs["K_DIV_BS"] else "tiled"
-            wanted = _SHAPES[kind, "small" if m <= 32 else "mid" if m <= 256 else "large"]
-            shape = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_" + other], c.kwargs["BLOCK_" + inner],
-                               c.num_warps, c.num_stages)
-            return [c for c in configs if shape(c) in wanted]
-
-        return {"early_config_prune": prune}
-
-    _KEY = ["M_BUCKET", "N", "K", "R", "IS_NF4", "DOUBLE", "K_DIV_BS"]
-    _fwd_tuned = triton.autotune(_configs("K"), key=_KEY, prune_configs_by=_pruner("K"))(_fwd_kernel)
-    _dx_tuned = triton.autotune(_configs("N"), key=_KEY, prune_configs_by=_pruner("N"))(_dx_kernel)
-    _INTERP = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 4}  # small: the interpreter is slow
+def _candidates(fam, kind, m_range):
+    """(BLOCK_M, output-column block, looped block, warps, stages) candidates for this arch family."""
+    return _SHAPES[fam, kind, m_range]
 
 
-def _launch(kernel_raw, kernel_tuned, a, weight, lora, lora_w, out, M, N, K, R, scale, cols_of):
-    """Run the fwd or dx kernel; `cols_of(meta)` gives the number of output column tiles."""
+def m_bucket(M: int) -> int:
+    """The autotune key for M: a power of two in [16, 4096]."""
+    return max(16, min(4096, triton.next_power_of_2(M)))
+
+
+def launch_plan(op: str, M: int, N: int, K: int, R: int, dtype: torch.dtype, nf4: tuple[int, bool] | None,
+                tf32: bool, arch: int | None):
+    """The launch of the forward (op "fwd", y (M, N) looping over K) or grad-x (op "dx", dx (M, K) looping over
+    N) kernel. nf4: (blocksize, double quantized) for an NF4 weight, None for a dense one in `dtype`; tf32: fp32
+    operands may use TF32 tensor cores. arch: compute capability (90, 80), None under the interpreter."""
+    name = f"lora_matmul.{op}"
+    need(op in ("fwd", "dx"), name, f"op {op!r} must be 'fwd' or 'dx'")
+    need(dtype in _DTYPES, name, f"dtype {dtype} not supported; choose one of {_DTYPES}")
+    need(min(M, N, K, R) >= 1 and max(M, N, K, R) < 2**31 and N * K < 2**36, name,
+         f"shape M={M} N={N} K={K} R={R} outside 1 <= dim < 2**31, N * K < 2**36")
+    fam = family(arch, name)
+    precision = "ieee" if dtype == torch.float32 and not tf32 else "tf32"
+    bs, double = nf4 if nf4 else (64, False)
+    aligned = nf4 is not None and K % bs == 0  # every Llama shape: quantization blocks lie inside rows
+    consts = {"BLOCK_R": max(16, min(64, triton.next_power_of_2(R))), "IS_NF4": nf4 is not None, "BS": bs,
+              "DOUBLE": double, "K_DIV_BS": aligned, "PRECISION": precision}
+    inner, other = ("K", "N") if op == "fwd" else ("N", "K")
+    if fam is None:
+        bm, bn, bk, group, _ = _INTERP
+        configs = (Config.of(4, 1, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group),)
+    else:
+        kind = ("gather" if nf4 is not None and not aligned else "ieee" if precision == "ieee"
+                else "fp32" if dtype == torch.float32 else "half")
+        m_range = "small" if M <= 32 else "mid" if M <= 256 else "large"
+        configs = tuple(Config.of(w, s, BLOCK_M=bm, **{"BLOCK_" + other: bo, "BLOCK_" + inner: bi}, GROUP_M=8)
+                        for bm, bo, bi, w, s in _candidates(fam, kind, m_range))
+    wdt = torch.uint8 if nf4 else dtype
+    absmax = (torch.uint8 if double else torch.float32) if nf4 else dtype
+    extra = torch.float32 if nf4 else dtype
+    out_cols = N if op == "fwd" else K
+    args = (dtype, wdt, absmax, extra, extra, extra, extra, dtype, dtype, dtype, M, N, K, R, 1.0,
+            K if op == "fwd" else N, K, R, R if op == "fwd" else K, out_cols, m_bucket(M))
+    kernel, dot_m = _fwd_kernel, "BLOCK_M"
+    if op == "dx":
+        # fp32 operands on TF32 tensor cores with an NF4 W: `dy @ W` takes W (N-major) as the shared-memory operand,
+        # which sm_90's TritonGPUOptimizeDotOperands rejects for this tile ("Illegal shared layout", triton 3.9).
+        # The transposed product W^T @ dy^T keeps W in registers and compiles; same TF32 rounding of both operands.
+        consts["W_FIRST"] = nf4 is not None and precision == "tf32" and dtype == torch.float32
+        kernel, dot_m = _dx_kernel, "BLOCK_K" if consts["W_FIRST"] else "BLOCK_M"
+    return Launch(name, kernel, args, consts, configs, key=("M_BUCKET", "N", "K", "R"),
+                  options={"enable_fp_fusion": False}, dot_m=dot_m)
+
+
+def _launch(op, a, weight, lora, lora_w, out, M, N, K, R, scale):
+    """Run the fwd or dx kernel of `launch_plan` (unfused absmax math, as in nf4.py)."""
     nf4 = isinstance(weight, NF4Weight)
     wargs = nf4_kernel_args(weight) if nf4 else (weight,) * 6
-    precision = "ieee" if a.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
-    meta = {
-        "BLOCK_R": max(16, min(64, triton.next_power_of_2(R))), "IS_NF4": nf4, "BS": weight.blocksize if nf4 else 64,
-        "DOUBLE": nf4 and weight.double_quant, "K_DIV_BS": nf4 and K % weight.blocksize == 0 and weight.blocksize <= 64, "PRECISION": precision,
-    }  # fmt: skip
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    plan = launch_plan(op, M, N, K, R, a.dtype, (weight.blocksize, weight.double_quant) if nf4 else None, tf32,
+                       arch_of(a))
+    cols = K if op == "dx" else N
+    block = "BLOCK_K" if op == "dx" else "BLOCK_N"
     args = (a, *wargs, lora, lora_w, out, M, N, K, R, float(scale), a.stride(0), K if nf4 else weight.stride(0),
-            lora.stride(0), lora_w.stride(0), out.stride(0), max(16, min(4096, triton.next_power_of_2(M))))
-    if interpreting() and not a.is_cuda:
-        kernel_raw[(triton.cdiv(M, _INTERP["BLOCK_M"]) * cols_of(_INTERP),)](*args, **meta, **_INTERP)
-    else:
-        grid = lambda m: (triton.cdiv(M, m["BLOCK_M"]) * cols_of(m),)
-        kernel_tuned[grid](*args, **meta, enable_fp_fusion=False)  # unfused absmax math, as in nf4.py
+            lora.stride(0), lora_w.stride(0), out.stride(0), m_bucket(M))
+    run(plan, lambda m: (triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(cols, m[block]),), *args)
 
 
 class _LoraLinear(torch.autograd.Function):
@@ -197,8 +257,7 @@ class _LoraLinear(torch.autograd.Function):
         M = x2.shape[0]
         xa = x2 @ lora_a.t()  # (M, r)
         y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-        _launch(_fwd_kernel, _fwd_tuned, x2, weight, xa, lora_b, y, M, N, K, R, scale,
-                lambda m: triton.cdiv(N, m["BLOCK_N"]))
+        _launch("fwd", x2, weight, xa, lora_b, y, M, N, K, R, scale)
         ctx.weight, ctx.scale = weight, scale
         ctx.save_for_backward(x2, xa, lora_a, lora_b)
         return y.view(*x.shape[:-1], N)
@@ -212,8 +271,7 @@ class _LoraLinear(torch.autograd.Function):
         dx = da = db = None
         if ctx.needs_input_grad[0]:
             dx = torch.empty((M, K), dtype=dy.dtype, device=dy.device)
-            _launch(_dx_kernel, _dx_tuned, dy2, ctx.weight, dyb, lora_a, dx, M, N, K, R, ctx.scale,
-                    lambda m: triton.cdiv(K, m["BLOCK_K"]))
+            _launch("dx", dy2, ctx.weight, dyb, lora_a, dx, M, N, K, R, ctx.scale)
             dx = dx.view(*dy.shape[:-1], K)
         if ctx.needs_input_grad[2]:
             da = (dyb.t() @ x2).mul_(ctx.scale)
@@ -253,7 +311,11 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor | NF4Weight, lora_a: torch
                 scale: float) -> torch.Tensor:  # fmt: skip
     """y = x @ W^T + scale * (x @ lora_a^T) @ lora_b^T; differentiable in x, lora_a and lora_b (W is frozen)."""
     _check(x, weight, lora_a, lora_b)
-    # fp32 factors under half-precision x (CPU mixed precision) take the plain-torch path: the kernels take one dtype
+    # fp32 factors under half-precision x (CPU mixed precision) take the plain-torch path: the kernels take one dtype,
+    # and a GPU never falls back silently to the slower path
+    if x.is_cuda and lora_a.dtype != x.dtype:
+        raise PlanError(f"lora_linear: lora_a/lora_b dtype {lora_a.dtype} differs from x dtype {x.dtype}; on a GPU "
+                        "the fused kernels take one dtype (mixed fp32 factors run on CPU only)")
     if not use_triton(x) or x.numel() == 0 or lora_a.dtype != x.dtype:
         if isinstance(weight, NF4Weight) and x.device.type == "cpu" and x.numel():
             return _add_low_rank(_NF4LinearCPU.apply(x, weight), x, lora_a, lora_b, scale)

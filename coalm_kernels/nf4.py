@@ -30,6 +30,7 @@ import torch
 
 from coalm_kernels import native
 from coalm_kernels._dispatch import HAS_TRITON, use_triton
+from coalm_kernels.plan import Config, Launch, arch_of, family, need, run
 
 if HAS_TRITON:
     import triton
@@ -144,21 +145,25 @@ if HAS_TRITON:
                   ALIGNED: tl.constexpr):
         """The fp32 tile W[r0:r0+BR, c0:c0+BC] (zero outside n_rows x n_cols) of a row-major NF4 matrix.
 
-        ALIGNED (n_cols % BS == 0, BC % BS == 0, c0 % BS == 0): quantization blocks lie inside rows, so each byte
-        is read once and one absmax serves BS values. Otherwise every value is gathered on its own.
+        ALIGNED (n_cols % BS == 0, c0 % BC == 0, and BC % BS == 0 or BS % BC == 0): quantization blocks lie inside
+        rows, so each byte is read once and one absmax serves min(BS, BC) values of a tile row (a tile row inside
+        one larger block reads a single absmax). Otherwise every value is gathered on its own, with its own
+        absmax lookups: far more live registers, which is why the launch plans prefer the aligned path.
         Only the tile origin is 64-bit; offsets inside the tile and block indices (< numel / 32) are 32-bit,
         which keeps the per-element index arithmetic (and registers) at half the cost.
         """
         lr = tl.arange(0, BR)
         rows_ok = r0 + lr < n_rows
         if ALIGNED:
-            lb = tl.arange(0, BC // BS)  # block within the tile row
-            kb = c0 // BS + lb
+            NB: tl.constexpr = (BC + BS - 1) // BS  # blocks per tile row (powers of two: 1 when BS >= BC)
+            VB: tl.constexpr = BC // NB  # values of one block within a tile row
+            lb = tl.arange(0, NB)  # block within the tile row
+            kb = (c0 + lb * VB) // BS
             blk = (r0 + lr)[:, None] * (n_cols // BS) + kb[None, :]  # [BR, NB]
-            bmask = rows_ok[:, None] & (kb[None, :] < n_cols // BS)
+            bmask = rows_ok[:, None] & (c0 + lb[None, :] * VB < n_cols)
             origin = packed_ptr + tl.cast(r0, tl.int64) * (n_cols // 2) + c0 // 2
-            local = (lr[:, None] * (n_cols // 2) + lb[None, :] * (BS // 2))[:, :, None] + tl.arange(0, BS // 2)
-            byte = tl.load(origin + local, mask=bmask[:, :, None], other=0)  # [BR, NB, BS / 2]
+            local = (lr[:, None] * (n_cols // 2) + lb[None, :] * (VB // 2))[:, :, None] + tl.arange(0, VB // 2)
+            byte = tl.load(origin + local, mask=bmask[:, :, None], other=0)  # [BR, NB, VB / 2]
             scale = _absmax(blk, bmask, absmax_ptr, absmax2_ptr, code2_ptr, offset_ptr, BS2, DOUBLE)
             scale = tl.where(bmask, scale, 0.0)[:, :, None]
             hi = tl.load(code_ptr + (byte >> 4).to(tl.int32)) * scale
@@ -225,15 +230,28 @@ def dequantize_nf4(q: NF4Weight, dtype: torch.dtype | None = None) -> torch.Tens
         if q.packed.device.type == "cpu":  # the compiled op (csrc/); raises naming the build step when not built
             return native.nf4_dequantize(q, dtype)
         return dequantize_nf4_ref(q, dtype)
-    n = q.numel()
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
-    rows = max(1, 4096 // q.blocksize)  # 4096 values per program: enough bytes in flight per SM
-    grid = (triton.cdiv(triton.cdiv(n, q.blocksize), rows),)
+    plan = launch_plan(q.numel(), q.blocksize, q.double_quant, dtype, arch_of(q.packed))
+    grid = (triton.cdiv(triton.cdiv(q.numel(), q.blocksize), plan.constexprs["ROWS"]),)
     bf16 = dtype == torch.bfloat16
-    _dequant_kernel[grid](*nf4_kernel_args(q), out.view(torch.int16) if bf16 else out, n, BS=q.blocksize,
-                          BS2=_BLOCKSIZE2, ROWS=rows, DOUBLE=q.double_quant, BF16_BITS=bf16, num_warps=4,
-                          enable_fp_fusion=False)  # fmt: skip
+    run(plan, grid, *nf4_kernel_args(q), out.view(torch.int16) if bf16 else out, q.numel())
     return out
+
+
+def launch_plan(n: int, blocksize: int, double: bool, dtype: torch.dtype, arch: int | None) -> Launch:
+    """The dequantization launch of an NF4 weight of n values to `dtype` (bf16 is written as int16 bits)."""
+    name = "nf4.dequantize"
+    need(dtype in _DTYPES, name, f"dtype {dtype} not supported; choose one of {_DTYPES}")
+    need(blocksize in _BLOCKSIZES, name, f"blocksize {blocksize} not supported; choose one of {_BLOCKSIZES}")
+    need(1 <= n < 2**32, name, f"n={n} outside [1, 2**32)")
+    family(arch, name)
+    absmax = torch.uint8 if double else torch.float32
+    out = torch.int16 if dtype == torch.bfloat16 else dtype
+    args = (torch.uint8, absmax, torch.float32 if double else absmax, torch.float32 if double else absmax,
+            torch.float32 if double else absmax, torch.float32, out, n)
+    rows = max(1, 4096 // blocksize)  # 4096 values per program: enough bytes in flight per SM
+    consts = {"BS": blocksize, "BS2": _BLOCKSIZE2, "ROWS": rows, "DOUBLE": double, "BF16_BITS": dtype == torch.bfloat16}
+    return Launch(name, _dequant_kernel, args, consts, (Config.of(4, 3),), options={"enable_fp_fusion": False})
 
 
 def quantize_nf4(w: torch.Tensor, blocksize: int = 64) -> NF4Weight:

@@ -10,7 +10,8 @@ autograd through the HF module computes as well.
 Layout and limits:
   x (..., N) with any leading dims, last dim contiguous (copied otherwise); weight (N,). The output dtype is
   torch's promotion of (x.dtype, weight.dtype), exactly as `weight * x_hat.to(x.dtype)` in HF.
-  One program per row holds the whole row in registers: N <= 65536 (wider rows take the torch path).
+  One program per row holds the whole row in registers: N <= 65536 (wider rows raise on a GPU, run the torch
+  path under the interpreter).
   Arithmetic is fp32, except the two row sums (sum x^2, sum dy*w*xhat) which accumulate in fp64; s is kept
   per row (fp32) for the backward pass. Backward: each program walks a contiguous slab of rows and
   accumulates its partial dw in fp32; the partials (programs x N, fp32) are summed on the host.
@@ -21,6 +22,7 @@ import triton
 import triton.language as tl
 
 from coalm_kernels._dispatch import use_triton
+from coalm_kernels.plan import Config, Launch, arch_of, family, need, run
 
 MAX_N = 65536
 
@@ -82,13 +84,32 @@ def _num_warps(block_n: int) -> int:
     return 4 if block_n <= 2048 else (8 if block_n <= 8192 else 16)
 
 
+def launch_plan(op: str, M: int, N: int, x_dtype: torch.dtype, w_dtype: torch.dtype, arch: int | None,
+                programs: int = 1) -> Launch:
+    """The forward (op "fwd", one program per row) or backward (op "bwd", `programs` slabs of rows) launch for
+    x (M, N) contiguous rows; the output dtype is torch's promotion of x's and weight's."""
+    name = f"rms_norm.{op}"
+    need(op in ("fwd", "bwd"), name, f"op {op!r} must be 'fwd' or 'bwd'")
+    need(1 <= N <= MAX_N and M >= 1, name, f"N={N} outside [1, {MAX_N}] (one row per program) or M={M} < 1")
+    need(x_dtype.is_floating_point and w_dtype.is_floating_point, name, f"dtypes {x_dtype}, {w_dtype} not float")
+    family(arch, name)
+    block = triton.next_power_of_2(N)
+    f32, y = torch.float32, torch.promote_types(x_dtype, w_dtype)
+    if op == "fwd":
+        args = (x_dtype, w_dtype, y, f32, N, N, N, 1e-5)
+        kernel = _rms_norm_fwd_kernel
+    else:
+        args = (x_dtype, x_dtype, w_dtype, f32, x_dtype, f32, N, N, N, M, N, triton.cdiv(M, programs))
+        kernel = _rms_norm_bwd_kernel
+    return Launch(name, kernel, args, {"BLOCK_N": block}, (Config.of(_num_warps(block), 3),))
+
+
 def _rms_norm_fwd(x2: torch.Tensor, weight: torch.Tensor, eps: float):
     M, N = x2.shape
     y = torch.empty((M, N), dtype=torch.promote_types(x2.dtype, weight.dtype), device=x2.device)
     std = torch.empty(M, dtype=torch.float32, device=x2.device)
-    block = triton.next_power_of_2(N)
-    _rms_norm_fwd_kernel[(M,)](x2, weight, y, std, x2.stride(0), y.stride(0), N, eps, BLOCK_N=block,
-                               num_warps=_num_warps(block))
+    run(launch_plan("fwd", M, N, x2.dtype, weight.dtype, arch_of(x2)), (M,), x2, weight, y, std, x2.stride(0),
+        y.stride(0), N, eps)
     return y, std
 
 
@@ -102,10 +123,9 @@ def _rms_norm_bwd(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, std
     rows_per_program = triton.cdiv(M, programs)
     programs = triton.cdiv(M, rows_per_program)
     dw_partial = torch.empty((programs, N), dtype=torch.float32, device=x2.device)
-    block = triton.next_power_of_2(N)
-    _rms_norm_bwd_kernel[(programs,)](dy2, x2, weight, std, dx, dw_partial, dy2.stride(0), x2.stride(0),
-                                      dx.stride(0), M, N, rows_per_program, BLOCK_N=block,
-                                      num_warps=_num_warps(block))
+    plan = launch_plan("bwd", M, N, x2.dtype, weight.dtype, arch_of(x2), programs)
+    run(plan, (programs,), dy2, x2, weight, std, dx, dw_partial, dy2.stride(0), x2.stride(0), dx.stride(0), M, N,
+        rows_per_program)
     return dx, dw_partial.sum(0).to(weight.dtype)
 
 
@@ -135,7 +155,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMS-normalise the last dim of `x` and scale by `weight` (differentiable in x and weight)."""
     _check(x, weight)
-    if use_triton(x) and x.numel() > 0 and x.shape[-1] <= MAX_N:
+    if use_triton(x) and x.numel() > 0 and (x.is_cuda or x.shape[-1] <= MAX_N):  # a GPU never falls back
         return _RMSNorm.apply(x, weight, float(eps))
     return rms_norm_ref(x, weight, eps)
 

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from coalm_kernels._dispatch import use_triton
+from coalm_kernels.plan import Config, Launch, arch_of, family, need, run
 
 _SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
@@ -50,6 +51,23 @@ def _rope_kernel(x_ptr, cos_ptr, sin_ptr, y_ptr, T, H, HALF,
     tl.store(y_ptr + y_offs + HALF, (x2 * c + x1 * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 
+def launch_plan(T: int, H: int, D: int, dtype: torch.dtype, sign: float, per_sequence: bool,
+                arch: int | None) -> Launch:
+    """The rotation of x (B, T, H, D) contiguous by cos/sin (T, D/2) or, per_sequence, (B, T, D/2); sign -1.0
+    rotates back (backward)."""
+    name = "rope.rotate"
+    need(D % 2 == 0 and min(T, H, D) >= 1, name, f"x (.., T={T}, H={H}, D={D}) needs D even and every dim >= 1")
+    need(dtype.is_floating_point, name, f"dtype {dtype} is not a float type")
+    need(sign in (1.0, -1.0), name, f"sign {sign} must be 1.0 or -1.0")
+    family(arch, name)
+    block_h, block_d = triton.next_power_of_2(H), triton.next_power_of_2(D // 2)
+    need(block_h * block_d <= 65536, name, f"H x D/2 = {H} x {D // 2} does not fit one program's registers")
+    args = (dtype, torch.float32, torch.float32, dtype, T, H, D // 2, T * H * D, H * D, D,
+            T * D // 2 if per_sequence else 0, D // 2)
+    return Launch(name, _rope_kernel, args, {"SIGN": sign, "BLOCK_H": block_h, "BLOCK_D": block_d},
+                  (Config.of(4 if block_h * block_d <= 4096 else 8, 3),))
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
     T, H, D = x.shape[-3:]
     x4 = x.reshape(-1, T, H, D)  # (B, T, H, D)
@@ -58,10 +76,9 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) 
     cos, sin = cos.contiguous(), sin.contiguous()
     stride_cb = cos.stride(0) if cos.dim() == 3 and cos.shape[0] > 1 else 0
     y = torch.empty(x4.shape, dtype=x.dtype, device=x.device)
-    block_h, block_d = triton.next_power_of_2(H), triton.next_power_of_2(D // 2)
-    _rope_kernel[(x4.shape[0] * T,)](x4, cos, sin, y, T, H, D // 2, x4.stride(0), x4.stride(1), x4.stride(2),
-                                     stride_cb, cos.stride(-2), SIGN=sign, BLOCK_H=block_h, BLOCK_D=block_d,
-                                     num_warps=4 if block_h * block_d <= 4096 else 8)
+    plan = launch_plan(T, H, D, x.dtype, sign, stride_cb != 0, arch_of(x))
+    run(plan, (x4.shape[0] * T,), x4, cos, sin, y, T, H, D // 2, x4.stride(0), x4.stride(1), x4.stride(2),
+        stride_cb, cos.stride(-2))
     return y.view(x.shape)
 
 

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from coalm_kernels._dispatch import use_triton
+from coalm_kernels.plan import Config, Launch, arch_of, family, need, run
 
 BLOCK = 1024
 
@@ -40,17 +41,29 @@ def _swiglu_bwd_kernel(dy_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, n, BLOCK: tl.conste
     tl.store(dg_ptr + offs, (dy * u * s * (1.0 + g * (1.0 - s))).to(dg_ptr.dtype.element_ty), mask=mask)
 
 
+def launch_plan(op: str, n: int, dtype: torch.dtype, arch: int | None) -> Launch:
+    """The forward (op "fwd") or backward (op "bwd") launch over n elements of a float dtype."""
+    name = f"swiglu.{op}"
+    need(op in ("fwd", "bwd"), name, f"op {op!r} must be 'fwd' or 'bwd'")
+    need(dtype.is_floating_point, name, f"dtype {dtype} is not a float type")
+    need(n >= 1, name, f"n={n} < 1")
+    family(arch, name)
+    args = (dtype,) * (3 if op == "fwd" else 5) + (n,)
+    return Launch(name, _swiglu_fwd_kernel if op == "fwd" else _swiglu_bwd_kernel, args, {"BLOCK": BLOCK},
+                  (Config.of(4, 3),))
+
+
 def _swiglu_fwd(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     y = torch.empty_like(gate)
     n = gate.numel()
-    _swiglu_fwd_kernel[(triton.cdiv(n, BLOCK),)](gate, up, y, n, BLOCK=BLOCK, num_warps=4)
+    run(launch_plan("fwd", n, gate.dtype, arch_of(gate)), (triton.cdiv(n, BLOCK),), gate, up, y, n)
     return y
 
 
 def _swiglu_bwd(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor):
     dg, du = torch.empty_like(gate), torch.empty_like(up)
     n = gate.numel()
-    _swiglu_bwd_kernel[(triton.cdiv(n, BLOCK),)](dy, gate, up, dg, du, n, BLOCK=BLOCK, num_warps=4)
+    run(launch_plan("bwd", n, gate.dtype, arch_of(gate)), (triton.cdiv(n, BLOCK),), dy, gate, up, dg, du, n)
     return dg, du
 
 

@@ -151,3 +151,20 @@ def test_ref_nf4_path_equals_autograd_through_the_dequantized_weight():
     for gg, ww in zip(grads, torch.autograd.grad(want, (x, a, b), dy)):
         assert torch.equal(gg, ww)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("K", [192, 256])
+def test_fp32_nf4_with_tf32_runs_the_transposed_grad_x(K):
+    """fp32 operands with TF32 allowed and an NF4 weight launch grad-x as dx^T = W^T @ dy^T (W_FIRST, the variant
+    sm_90 compiles; coalm_kernels/aot.py). The interpreter computes products in fp32, so this checks the
+    transposed data flow against fp64 with the same bound as every other case. K=256 with blocksize 128 also
+    takes the aligned tile path with one quantization block wider than the tile."""
+    from coalm_kernels.lora_matmul import launch_plan
+
+    assert launch_plan("dx", 37, 72, K, 16, torch.float32, (64, True), True, None).constexprs["W_FIRST"]
+    before = torch.backends.cuda.matmul.allow_tf32  # a property of torch's cuBLAS module (monkeypatch cannot undo it)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        _check((37,), K, 72, 16, torch.float32, True, "cpu", seed=K, blocksize=64 if K == 192 else 128)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
