@@ -4,6 +4,7 @@
     python -m engine.train --qlora --model meta-llama/Llama-3.1-8B-Instruct --data coalm_it.parquet  # Hub id or dir
     python -m engine.train --config run.yaml --steps 200  # flags override the file
     python -m engine.train --out runs/x --resume         # continue from the last complete checkpoint
+    python -m engine.train --size 8b --qlora --plan --device-memory 80GB   # what fits, per checkpointing policy
 
 Defaults are the CoALM recipe: LoRA rank 16, alpha 32 on all linear layers, lr 1e-4, linear warmup over 10% of the
 steps then linear decay, AdamW (fused on CUDA) without weight decay, grad clip 1.0, 3 epochs, global batch 8, bf16 on
@@ -58,7 +59,7 @@ def parse_config(argv=None) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- the model
-def load_model(cfg: TrainConfig, device, dtype):
+def load_model(cfg: TrainConfig, device, dtype, policy: str = "none"):
     from .config import resolve_name
     from .hub import check_preset, resolve_source
     from .loader import load
@@ -94,7 +95,9 @@ def load_model(cfg: TrainConfig, device, dtype):
         torch.manual_seed(cfg.seed)  # LoRA A init
         apply_lora(model, cfg.lora_rank, cfg.lora_alpha, dropout=cfg.lora_dropout, quantize=cfg.mode == "qlora",
                    device=device if stream else None)
-    model.gradient_checkpointing = cfg.activation_checkpointing
+    from .memory.policy import set_policy
+
+    set_policy(model, policy)
     if fsdp:  # parameters, gradients and (built from them next) AdamW's moments sharded over DP
         shard_model(model, current_mesh())
     return model.train(), tok
@@ -132,7 +135,10 @@ def train(cfg: TrainConfig) -> dict:
     # rows first: a bad data file (or a missing logger package) fails before minutes of model loading
     rows, val_rows = cdata.load_train_val(cfg.data, cfg.val_data, cfg.val_frac, cfg.seed, cfg.skip_invalid, print0)
     check_loggers(cfg.log)
-    model, tok = load_model(cfg, device, dtype)
+    from .memory.cli import choose_policy
+
+    policy = choose_policy(cfg, device)  # --activation-checkpointing auto: planned; refused here if nothing fits
+    model, tok = load_model(cfg, device, dtype, policy)
     cache = None if cfg.no_render_cache else cache_dir()
     batches = cdata.StepBatches.from_rows(rows, tok, cfg.max_seq_len, cfg.global_batch_size, cfg.micro_batch_size,
                                           seed=cfg.seed, cache_dir=cache)
@@ -194,7 +200,7 @@ def train(cfg: TrainConfig) -> dict:
             except torch.cuda.OutOfMemoryError as e:
                 raise TrainError(
                     f"CUDA out of memory at micro-batch size {cfg.micro_batch_size} x max sequence length "
-                    f"{cfg.max_seq_len}: add --activation-checkpointing or lower --micro-batch-size/--max-seq-len"
+                    f"{cfg.max_seq_len}: add --activation-checkpointing full (or offload) or lower --micro-batch-size/--max-seq-len"
                 ) from e
             loss_sum += loss.item() * count / total_targets
         loss_sum, tokens = all_reduce_sum([loss_sum, tokens], mesh, device)
@@ -237,6 +243,10 @@ def main(argv=None) -> int:
 
     try:
         cfg = parse_config(argv)
+        if cfg.plan:
+            from .memory.cli import plan_main
+
+            return plan_main(cfg)
         last = train(cfg)
     except (ValueError, FileNotFoundError, DataError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -122,26 +122,31 @@ def policy_rows(spec: Spec, dp: int = 1, fsdp: bool = False, policies=None) -> l
     return [plan_row(replace(spec, policy=p), dp, fsdp) for p in (policies or policies_for(spec.device))]
 
 
-def max_fit(spec: Spec, budget: int, dp: int = 1, fsdp: bool = False, batch1: bool = False) -> int:
+def max_fit(spec: Spec, budget: int, plan=None, batch1: bool = False, line=None) -> int:
     """The most tokens per micro-batch (sequences of spec.seq_len) or, with batch1, the longest single sequence,
-    that fit `budget` under spec.policy: a line through two traces, then checked (and corrected) by tracing."""
-    def total(t):
-        s = replace(spec, tokens=t, seq_len=t if batch1 else min(spec.seq_len, t))
-        return plan_row(s, dp, fsdp).total
+    that fit `budget` under spec.policy. Memory is affine in the tokens (flash attention keeps O(T) per layer), so a
+    line through two traces (`line`: (tokens, total, slope), reused between calls) gives the answer, which one more
+    trace at that point checks and, if needed, corrects. `plan(spec) -> Row` (default plan_row)."""
+    plan = plan or plan_row
 
+    def total(t):
+        return plan(replace(spec, tokens=t, seq_len=t if batch1 else min(spec.seq_len, t))).total
+
+    t0, total0, slope = line or fit_line(spec, plan)
+    guess = int(t0 + (budget - total0) / slope)
+    if guess < 1:
+        return 0
+    over = total(guess) - budget
+    if over > 0:  # the check says less: step back along the line, with 1% to spare
+        guess = int((guess - over / slope) * 0.99)
+    return max(0, guess)
+
+
+def fit_line(spec: Spec, plan=None) -> tuple[int, int, float]:
+    plan = plan or plan_row
     a, b = spec.seq_len, 2 * spec.seq_len
-    ta, tb = total(a), total(b)
-    slope = max(1e-9, (tb - ta) / (b - a))
-    guess = int(a + (budget - ta) / slope)
-    for _ in range(3):
-        if guess < 1:
-            return 0
-        tg = total(guess)
-        if tg <= budget and total(guess + max(64, guess // 100)) > budget:
-            return guess
-        nxt = int(guess + (budget - tg) / slope)
-        guess = nxt if nxt != guess else guess - max(64, guess // 100)
-    return max(0, guess - max(64, guess // 50))  # a safety step below the last estimate
+    ta, tb = (plan(replace(spec, tokens=t)).total for t in (a, b))
+    return a, ta, max(1e-9, (tb - ta) / (b - a))
 
 
 def fmt(n: int) -> str:
