@@ -59,7 +59,9 @@ def parse_config(argv=None) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- the model
-def load_model(cfg: TrainConfig, device, dtype, policy: str = "none"):
+def load_model(cfg: TrainConfig, device, dtype, policy: str | None = None):
+    """The model to train, with its activation checkpointing policy (`policy`, else planned from cfg: `auto` picks
+    the cheapest that fits --memory-budget, and a run that fits under none is refused here, before weights load)."""
     from .config import resolve_name
     from .hub import check_preset, resolve_source
     from .loader import load
@@ -74,6 +76,10 @@ def load_model(cfg: TrainConfig, device, dtype, policy: str = "none"):
             raise ValueError(f"{name} needs weights: pass --model DIR (an HF checkpoint with config.json and "
                              f"safetensors) or a Hub id such as meta-llama/Llama-3.1-8B-Instruct (read from the HF "
                              f"cache), or --random-init for a throughput run without weights")
+    if policy is None:
+        from .memory.cli import choose_policy
+
+        policy = choose_policy(cfg, torch.device(device))
     # QLoRA on a GPU: load into host memory and quantize block by block on the way to the device, so the device
     # never holds the full bf16 model (70B QLoRA then fits one 80 GB GPU). FSDP2 likewise moves the blocks over
     # one by one as it shards them.
@@ -135,10 +141,7 @@ def train(cfg: TrainConfig) -> dict:
     # rows first: a bad data file (or a missing logger package) fails before minutes of model loading
     rows, val_rows = cdata.load_train_val(cfg.data, cfg.val_data, cfg.val_frac, cfg.seed, cfg.skip_invalid, print0)
     check_loggers(cfg.log)
-    from .memory.cli import choose_policy
-
-    policy = choose_policy(cfg, device)  # --activation-checkpointing auto: planned; refused here if nothing fits
-    model, tok = load_model(cfg, device, dtype, policy)
+    model, tok = load_model(cfg, device, dtype)
     cache = None if cfg.no_render_cache else cache_dir()
     batches = cdata.StepBatches.from_rows(rows, tok, cfg.max_seq_len, cfg.global_batch_size, cfg.micro_batch_size,
                                           seed=cfg.seed, cache_dir=cache)
