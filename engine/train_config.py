@@ -50,7 +50,7 @@ class TrainConfig:
                                                "--memory-budget (docs/memory.md)",
                                        choices=("auto", "none", "selective", "full", "offload"))
     memory_budget: str | None = _f(None, "memory to plan for, e.g. 70GB (default: the GPU's free memory, or the "
-                                         "available RAM less 10%)")
+                                         "available RAM less a tenth)")
     plan: bool = _f(False, "print the memory plan (per checkpointing policy, what fits) and exit; loads no weights")
     device_memory: str | None = _f(None, "with --plan: plan for a GPU of this size, e.g. 80GB (on any machine)")
     world_size: int | None = _f(None, "with --plan: GPUs in all (default: $WORLD_SIZE, else --tp)")
