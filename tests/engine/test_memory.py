@@ -95,9 +95,7 @@ def check(name, mode, policy, seq, tokens=None):
     return r, peak
 
 
-@pytest.mark.parametrize(("mode", "policy", "seq"), [
-    ("lora", "none", 256), ("qlora", "selective", 1024), ("lora", "full", 4096), ("qlora", "none", 4096),
-])
+@pytest.mark.parametrize(("mode", "policy", "seq"), [("lora", "none", 256), ("qlora", "selective", 1024)])
 def test_plan_matches_measured_peak_debug(mode, policy, seq):
     check("debug", mode, policy, seq)
 
