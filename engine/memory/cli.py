@@ -134,6 +134,24 @@ def choose_policy(cfg, device: torch.device) -> str:
     that fits under none is refused here, before any weight is read (ValueError, one line)."""
     if cfg.activation_checkpointing != "auto":
         return cfg.activation_checkpointing
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # every rank must run the same policy (FSDP2 all-gathers again in a recompute): rank 0 decides for all
+        box = [None]
+        if dist.get_rank() == 0:
+            try:
+                box = [_choose(cfg, device)]
+            except ValueError as e:
+                box = [e]
+        dist.broadcast_object_list(box, src=0)
+        if isinstance(box[0], ValueError):
+            raise box[0]
+        return box[0]
+    return _choose(cfg, device)
+
+
+def _choose(cfg, device: torch.device) -> str:
     dev = device.type
     spec = spec_for(cfg, dev)
     dp, fsdp = _mesh(cfg)
