@@ -246,10 +246,22 @@ def estimate(spec: Spec, depths: tuple[int, int] = (1, 2)) -> Trace:
         return a + (b - a) * (n - depths[0]) // (depths[1] - depths[0])
 
     kinds = {k: ext(lo.by_kind.get(k, 0), hi.by_kind.get(k, 0)) for k in set(lo.by_kind) | set(hi.by_kind)}
-    per_block = (len(hi.saved_tensors) - len(lo.saved_tensors)) // (depths[1] - depths[0])
-    saved_tensors = lo.saved_tensors + hi.saved_tensors[len(lo.saved_tensors):][:per_block] * (n - depths[0])
+    saved_tensors = _repeat_blocks(lo.saved_tensors, hi.saved_tensors, n, depths)
     return Trace(peak=ext(lo.peak, hi.peak), by_kind=kinds, frozen=ext(lo.frozen, hi.frozen),
                  trainable=ext(lo.trainable, hi.trainable), saved=ext(lo.saved, hi.saved), saved_tensors=saved_tensors)
+
+
+def _repeat_blocks(lo: list, hi: list, n: int, depths: tuple[int, int]) -> list:
+    """The saved-tensor list of n blocks from those of depths[0] and depths[1] blocks. The first block may save less
+    than the others (LoRA: its input needs no gradient), so hi is lo with (d1 - d0) copies of one later block
+    inserted before the tail; insert n - d0 copies instead."""
+    d0, d1 = depths
+    b = (len(hi) - len(lo)) // (d1 - d0)
+    for p in range(len(lo), -1, -1):  # the insertion point nearest the tail (final norm and loss)
+        block = hi[p:p + b]
+        if hi == lo[:p] + block * (d1 - d0) + lo[p:]:
+            return lo[:p] + block * (n - d0) + lo[p:]
+    raise RuntimeError("memory trace: the blocks do not save the same tensors (cannot extend to the full depth)")
 
 
 def _tracker_class():

@@ -87,11 +87,11 @@ def check(name, mode, policy, seq, tokens=None):
     peak, saved = measure(name, mode, policy, tokens, seq)
     r = estimate(Spec(args=get_config(name), mode=mode, device="cpu", dtype=torch.float32, tokens=tokens,
                       seq_len=seq, policy=policy, lora_rank=8, lora_alpha=16))
-    assert r.saved_tensors == saved, f"{policy}: the plan and the trainer keep different tensors for backward"
     err = abs(r.peak - peak) / peak
+    print(f"{name} {mode} {policy} {seq}: planned {r.peak / 2**20:.1f} MiB, measured {peak / 2**20:.1f} MiB")
+    assert r.saved_tensors == saved, f"{policy}: the plan and the trainer keep different tensors for backward"
     assert err <= TOLERANCE, f"{name} {mode} {policy} seq {seq}: planned {r.peak / 2**20:.1f} MiB, " \
                              f"measured {peak / 2**20:.1f} MiB ({err:.1%})"
-    print(f"{name} {mode} {policy} {seq}: planned {r.peak / 2**20:.1f} MiB, measured {peak / 2**20:.1f} MiB")
     return r, peak
 
 
