@@ -32,7 +32,8 @@ from .trace import Spec, Trace, estimate
 GiB = 2**30
 RUNTIME_BYTES = {"cuda": int(0.75 * GiB), "cpu": int(0.5 * GiB)}  # CUDA context + workspaces; CPU: libraries
 ALLOCATOR_MARGIN = {"cuda": 0.05, "cpu": 0.10}  # caching allocator (GPU) / malloc arenas (CPU) over the live peak
-CPU_HEADROOM = 0.10  # the default CPU budget keeps this share of the available RAM free
+CPU_HEADROOM = 0.10
+MAX_TOKENS = 1 << 22  # the largest micro-batch max_fit reports (4M tokens; a plan at that size traces in seconds)  # the default CPU budget keeps this share of the available RAM free
 
 
 def parse_bytes(text, flag: str = "--memory-budget") -> int:
@@ -133,7 +134,7 @@ def max_fit(spec: Spec, budget: int, plan=None, batch1: bool = False, line=None)
         return plan(replace(spec, tokens=t, seq_len=t if batch1 else min(spec.seq_len, t))).total
 
     t0, total0, slope = line or fit_line(spec, plan)
-    guess = int(t0 + (budget - total0) / slope)
+    guess = min(MAX_TOKENS, int(t0 + (budget - total0) / slope))  # a flat line (peak not in the activations) caps
     if guess < 1:
         return 0
     over = total(guess) - budget
