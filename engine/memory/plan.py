@@ -134,6 +134,11 @@ def max_fit(spec: Spec, budget: int, plan=None, batch1: bool = False, line=None)
         return plan(replace(spec, tokens=t, seq_len=t if batch1 else min(spec.seq_len, t))).total
 
     t0, total0, slope = line or fit_line(spec, plan)
+    if total0 > budget:  # below the line's first point the fixed costs (the loss chunk) bend it: halve instead
+        t = t0 // 2
+        while t >= 16 and total(t) > budget:
+            t //= 2
+        return t if t >= 16 else 0
     guess = min(MAX_TOKENS, int(t0 + (budget - total0) / slope))  # a flat line (peak not in the activations) caps
     if guess < 1:
         return 0
