@@ -137,6 +137,10 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or another --out")
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    if device.type == "cpu":
+        from .memory.host import return_freed_memory
+
+        return_freed_memory()  # RSS follows the live tensors over varying packed lengths (engine/memory/host.py)
 
     # rows first: a bad data file (or a missing logger package) fails before minutes of model loading
     rows, val_rows = cdata.load_train_val(cfg.data, cfg.val_data, cfg.val_frac, cfg.seed, cfg.skip_invalid, print0)

@@ -131,3 +131,21 @@ def test_auto_refuses_a_run_that_fits_nowhere_with_a_change_that_fits(tmp_path, 
     if "--max-seq-len" in fixed:
         argv += ["--max-seq-len", fixed["--max-seq-len"]]
     assert choose_policy(parse_config(argv), torch.device("cpu")) in ("none", "selective", "full")
+
+
+def test_cpu_malloc_setting_is_applied_or_left_alone(monkeypatch):
+    import sys
+
+    from engine.memory.host import return_freed_memory
+
+    monkeypatch.setenv("COALM_CPU_MALLOC", "default")
+    assert return_freed_memory() is False
+    monkeypatch.delenv("COALM_CPU_MALLOC")
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6")
+        except OSError:
+            pytest.skip("not glibc")
+        assert return_freed_memory() is True
