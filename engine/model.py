@@ -24,6 +24,7 @@ from coalm_kernels.rope import apply_rope, rope_cos_sin, rope_frequencies
 from coalm_kernels.swiglu import swiglu
 
 from .config import ModelArgs
+from .memory.policy import run_block, set_policy
 
 
 class RMSNorm(nn.Module):
@@ -109,9 +110,14 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x, cos, sin, cu_seqlens=None, max_seqlen=None, cache=None):
+    def forward(self, x, cos, sin, cu_seqlens=None, max_seqlen=None, cache=None, recompute_mlp=False):
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, max_seqlen, cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        if recompute_mlp:  # the `selective` policy: the MLP half keeps only h and runs again in the backward pass
+            return h + torch.utils.checkpoint.checkpoint(self._mlp, h, use_reentrant=False)
+        return h + self._mlp(h)
+
+    def _mlp(self, h):
+        return self.mlp(self.post_attention_layernorm(h))
 
 
 class Transformer(nn.Module):
@@ -124,7 +130,8 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.gradient_checkpointing = False
+        self.activation_checkpointing = "none"  # engine.memory.policy: none | selective | full | offload
+        self.offload_store = None
         # RoPE inverse frequencies: computed by init_buffers() once the model has a real device.
         self.register_buffer("inv_freq", torch.empty(args.head_dim // 2), persistent=False)
 
@@ -154,12 +161,17 @@ class Transformer(nn.Module):
         cos, sin = rope_cos_sin(positions, self.inv_freq)  # (B, T, head_dim // 2)
         h = self.embed_tokens(tokens)  # (B, T, dim)
         for layer in self.layers:
-            if self.gradient_checkpointing and self.training:
-                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, cu_seqlens, max_seqlen, cache,
-                                                      use_reentrant=False)
-            else:
-                h = layer(h, cos, sin, cu_seqlens, max_seqlen, cache)
+            h = run_block(self, layer, h, cos, sin, cu_seqlens, max_seqlen, cache)
         return self.norm(h)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """The older switch: True is the `full` policy (engine.memory.policy)."""
+        return self.activation_checkpointing != "none"
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on: bool):
+        set_policy(self, bool(on))
 
     def forward(self, tokens, positions=None, cu_seqlens=None, max_seqlen=None, cache=None, last_only=False):
         """Logits (B, T, vocab) in float32; with last_only, only each packed sequence's / row's last position."""

@@ -4,6 +4,7 @@
     python -m engine.train --qlora --model meta-llama/Llama-3.1-8B-Instruct --data coalm_it.parquet  # Hub id or dir
     python -m engine.train --config run.yaml --steps 200  # flags override the file
     python -m engine.train --out runs/x --resume         # continue from the last complete checkpoint (auto: or start)
+    python -m engine.train --size 8b --qlora --plan --device-memory 80GB   # what fits, per checkpointing policy
 
 Defaults are the CoALM recipe: LoRA rank 16, alpha 32 on all linear layers, lr 1e-4, linear warmup over 10% of the
 steps then linear decay, AdamW (fused on CUDA) without weight decay, grad clip 1.0, 3 epochs, global batch 8, bf16 on
@@ -59,7 +60,9 @@ def parse_config(argv=None) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- the model
-def load_model(cfg: TrainConfig, device, dtype):
+def load_model(cfg: TrainConfig, device, dtype, policy: str | None = None):
+    """The model to train, with its activation checkpointing policy (`policy`, else planned from cfg: `auto` picks
+    the cheapest that fits --memory-budget, and a run that fits under none is refused here, before weights load)."""
     from .config import resolve_name
     from .hub import check_preset, resolve_source
     from .loader import load
@@ -74,6 +77,10 @@ def load_model(cfg: TrainConfig, device, dtype):
             raise ValueError(f"{name} needs weights: pass --model DIR (an HF checkpoint with config.json and "
                              f"safetensors) or a Hub id such as meta-llama/Llama-3.1-8B-Instruct (read from the HF "
                              f"cache), or --random-init for a throughput run without weights")
+    if policy is None:
+        from .memory.cli import choose_policy
+
+        policy = choose_policy(cfg, torch.device(device))
     # QLoRA on a GPU: load into host memory and quantize block by block on the way to the device, so the device
     # never holds the full bf16 model (70B QLoRA then fits one 80 GB GPU). FSDP2 likewise moves the blocks over
     # one by one as it shards them.
@@ -95,7 +102,9 @@ def load_model(cfg: TrainConfig, device, dtype):
         torch.manual_seed(cfg.seed)  # LoRA A init
         apply_lora(model, cfg.lora_rank, cfg.lora_alpha, dropout=cfg.lora_dropout, quantize=cfg.mode == "qlora",
                    device=device if stream else None)
-    model.gradient_checkpointing = cfg.activation_checkpointing
+    from .memory.policy import set_policy
+
+    set_policy(model, policy)
     if fsdp:  # parameters, gradients and (built from them next) AdamW's moments sharded over DP
         shard_model(model, current_mesh())
     return model.train(), tok
@@ -127,6 +136,10 @@ def train(cfg: TrainConfig) -> dict:
     resume_from = find_resumable(out, required=cfg.resume != "auto") if cfg.resume else None
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    if device.type == "cpu":
+        from .memory.host import return_freed_memory
+
+        return_freed_memory()  # RSS follows the live tensors over varying packed lengths (engine/memory/host.py)
 
     # rows first: a bad data file (or a missing logger package) fails before minutes of model loading
     rows, val_rows = load_train_val(cfg.data, cfg.val_data, cfg.val_frac, cfg.seed, cfg.skip_invalid, print0)
@@ -184,7 +197,8 @@ def train(cfg: TrainConfig) -> dict:
             except torch.cuda.OutOfMemoryError as e:
                 raise TrainError(
                     f"CUDA out of memory at micro-batch size {cfg.micro_batch_size} x max sequence length "
-                    f"{cfg.max_seq_len}: add --activation-checkpointing or lower --micro-batch-size/--max-seq-len"
+                    f"{cfg.max_seq_len}: add --activation-checkpointing full (or offload) or lower "
+                    "--micro-batch-size/--max-seq-len"
                 ) from e
             loss_sum += loss.item() * b.weight
         loss_sum, tokens = all_reduce_sum([loss_sum, tokens], mesh, device)
@@ -225,6 +239,10 @@ def train(cfg: TrainConfig) -> dict:
 def main(argv=None) -> int:
     try:
         cfg = parse_config(argv)
+        if cfg.plan:
+            from .memory.cli import plan_main
+
+            return plan_main(cfg)
         last = train(cfg)
     except (ValueError, FileNotFoundError, DataError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)

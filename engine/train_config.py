@@ -45,7 +45,15 @@ class TrainConfig:
     lora_rank: int = _f(16, "LoRA rank")
     lora_alpha: float = _f(32.0, "LoRA alpha (scale alpha / rank)")
     lora_dropout: float = _f(0.0, "LoRA dropout")
-    activation_checkpointing: bool = _f(False, "recompute activations in the backward pass (less memory)")
+    activation_checkpointing: str = _f("auto", "auto | none | selective | full | offload: what the backward pass "
+                                               "recomputes; auto (default) picks the cheapest that fits "
+                                               "--memory-budget (docs/memory.md)",
+                                       choices=("auto", "none", "selective", "full", "offload"))
+    memory_budget: str | None = _f(None, "memory to plan for, e.g. 70GB (default: the GPU's free memory, or the "
+                                         "available RAM less a tenth)")
+    plan: bool = _f(False, "print the memory plan (per checkpointing policy, what fits) and exit; loads no weights")
+    device_memory: str | None = _f(None, "with --plan: plan for a GPU of this size, e.g. 80GB (on any machine)")
+    world_size: int | None = _f(None, "with --plan: GPUs in all (default: $WORLD_SIZE, else --tp)")
     dtype: str | None = _f(None, "bf16 | fp16 | fp32 (default: bf16 on CUDA, fp32 on CPU)")
     device: str | None = _f(None, "cpu, cuda or cuda:N (default: cuda when available)")
     out: str = _f("runs/default", "output directory")
@@ -64,6 +72,8 @@ class TrainConfig:
     tp: int = _f(1, "tensor-parallel degree (under torchrun)")
 
     def __post_init__(self):
+        if isinstance(self.activation_checkpointing, bool):  # older configs: true/false
+            self.activation_checkpointing = "full" if self.activation_checkpointing else "none"
         for f in fields(self):  # also when built in code: the same conversion and messages as the CLI
             setattr(self, f.name, convert(f, getattr(self, f.name), f"--{f.name.replace('_', '-')}"))
         if self.model is None:
@@ -134,7 +144,14 @@ def validate(cfg: TrainConfig):
                          f"--micro-batch-size {cfg.micro_batch_size}")
     if cfg.val_data and cfg.val_frac:
         raise ValueError("give --val-data or --val-frac, not both")
-    if cfg.tp > 1 and "WORLD_SIZE" not in os.environ:
+    for name in ("memory_budget", "device_memory"):
+        if getattr(cfg, name) is not None:
+            from .memory.plan import parse_bytes
+
+            parse_bytes(getattr(cfg, name), "--" + name.replace("_", "-"))
+    if cfg.world_size is not None and (cfg.world_size < 1 or cfg.world_size % cfg.tp):
+        raise ValueError(f"--world-size {cfg.world_size} must be a positive multiple of --tp {cfg.tp}")
+    if cfg.tp > 1 and "WORLD_SIZE" not in os.environ and not cfg.plan:
         raise ValueError(f"--tp {cfg.tp} needs one process per rank: launch with "
                          f"`torchrun --nproc-per-node {cfg.tp} -m engine.train ...`")
     if cfg.dtype is not None:
@@ -176,7 +193,9 @@ def parse_config(argv=None, doc: str = "") -> TrainConfig:
         default = f.default_factory() if f.default is MISSING else f.default
         text = f.metadata["help"] + ("" if "default" in f.metadata["help"] else f" (default: {default})")
         kind, _ = _base(f)
-        if kind == "bool":
+        if f.name == "activation_checkpointing":  # a bare flag (the older switch) means full
+            p.add_argument(flag, dest=f.name, nargs="?", const="full", metavar="POLICY", help=text)
+        elif kind == "bool":
             p.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
         elif "const" in f.metadata:
             p.add_argument(flag, dest=f.name, nargs="?", const=f.metadata["const"], metavar="|".join(
