@@ -75,7 +75,7 @@ def _source_hash() -> str:
 
 def cached_row(spec: Spec, dp: int, fsdp: bool) -> Row:
     """plan.row(spec, estimate(spec)) through the on-disk cache."""
-    from coalm.paths import cache_dir
+    from engine.data import cache_dir
 
     path = cache_dir() / "memory_plans.json"
     key = json.dumps({"spec": {**asdict(spec), "args": spec.args.asdict(), "dtype": str(spec.dtype)}, "dp": dp,
