@@ -9,6 +9,7 @@ import torch
 
 import engine
 from coalm_kernels.flash_attn_cpu import cache_attention, reference
+from engine.quantize import Q8Head
 from engine.serving.offline import generate_ids, main
 from engine.serving.sampling import Params, RequestError, SamplingError, sample
 
@@ -168,3 +169,28 @@ def test_cli_user_error_is_one_line():
     )
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: unknown model preset") and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("k", [208, 203])  # 203: not a multiple of 16, the native op's constraint (dequantized)
+def test_q8_head_within_its_rounding_bound(k):
+    """The NF4 models' 8-bit LM head against the fp64 product with the fp32 weight: each logit's error stays within
+    what the format allows (scale/2 * ||x||_1 from the int8 codes, bf16 rounding of x, of the scales and of the
+    result: unit roundoff 2^-8 each), on weights with outlier columns and an awkward shape; the bound itself is a
+    small fraction of the logits' spread, so the check is not vacuous."""
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(1037, k, generator=g) * 0.05
+    w[::7, 3] *= 40  # outliers: the row's scale grows, its other codes get coarser
+    x = torch.randn(2, 5, k, generator=g) * 3
+    head = Q8Head(w)
+    got = head(x).double()
+    ref = x.double() @ w.double().T
+    u = 2.0**-8
+    deq = head.codes.double().abs() * head.scale.double()[:, None]  # |q| * s
+    bound = (head.scale.double() / 2 * x.double().abs().sum(-1, keepdim=True) + 3 * u * (x.double().abs() @ deq.T)
+             + u * ref.abs()) * (1 + 4 * u)
+    assert ((got - ref).abs() <= bound).all()
+    # and typical, not only worst-case: rounding W is uniform in +-s/2, so a logit's error has std s/sqrt(12) *
+    # ||x||_2; bf16 rounding of x and of the result adds about a third of that here (3 * 2^-8 / sqrt(3) relative)
+    typical = head.scale.double() / 12**0.5 * x.double().norm(dim=-1, keepdim=True)
+    assert ((got - ref) / typical).pow(2).mean().sqrt() < 1.25
+    assert got.shape == (2, 5, 1037) and got.dtype == torch.float64
