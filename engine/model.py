@@ -142,15 +142,16 @@ class Transformer(nn.Module):
             h = h[:, cu_seqlens[1:].long() - 1] if cu_seqlens is not None else h[:, -1:]
         return self.lm_head(h).float()
 
-    def loss(self, tokens, labels, positions=None, cu_seqlens=None, max_seqlen=None):
-        """Mean next-token cross-entropy over labels != -100; labels are aligned with tokens (shifted here).
+    def loss(self, input_ids, labels, position_ids=None, cu_seqlens=None, max_seqlen=None):
+        """Mean next-token cross-entropy over labels != -100; labels are aligned with input_ids (shifted here).
 
-        With packed sequences, the shift never crosses a boundary: the last token of each sequence predicts nothing.
+        The arguments are an `engine.data.Batch`'s fields, by the same names. With packed sequences, the shift never
+        crosses a boundary: the last token of each sequence predicts nothing.
         """
         targets = F.pad(labels[:, 1:], (0, 1), value=-100)
         if cu_seqlens is not None:
             targets[:, cu_seqlens[1:].long() - 1] = -100
-        h = self.hidden_states(tokens, positions, cu_seqlens, max_seqlen)
+        h = self.hidden_states(input_ids, position_ids, cu_seqlens, max_seqlen)
         return fused_linear_cross_entropy(h, self.lm_head.weight, targets)
 
 
