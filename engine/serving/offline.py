@@ -104,7 +104,8 @@ def main(argv=None):
         from ..loader import resolve_dtype
 
         model, tok = engine.load(a.model, adapter=a.adapter, random_init=a.random_init, tp=a.tp,
-                                 quantize=a.quantize, dtype=resolve_dtype(a.dtype, announce=True))
+                                 quantize=a.quantize, dtype=resolve_dtype(a.dtype))
+        resolve_dtype(a.dtype, announce=True)  # said once the model loaded: a bad --model gets one line, not two
         prompts = []
         for text in a.prompt:
             if a.raw:

@@ -1,8 +1,8 @@
 """The model side of generation: one packed forward over the KV cache per scheduler step.
 
 A step is a list of segments (slot, token ids, first position): a decode step is one token, a prompt chunk is many
-(chunked prefill), and both kinds share one forward. The tokens are packed into one (1, total) row with the
-positions of each segment (`engine.data.pack_varlen`'s layout: cu_seqlens bound the segments), the cache
+(chunked prefill), and both kinds share one forward. The segments are packed into one (1, total) row by
+`engine.data.pack_varlen` (the packer of training too), their positions shifted to where each segment starts, the cache
 (`engine.serving.cache.KVCache`) writes and attends per slot, and the logits come back for each segment's last
 token only. `Runner` methods are the whole model interface of the scheduler; under tensor parallelism rank 0
 broadcasts each call and the other ranks replay it (`engine.serving.tp`).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..data.pack import pack_varlen
 from .cache import KVCache
 
 
@@ -25,16 +26,15 @@ class Runner:
 
     @torch.inference_mode()
     def forward(self, segments: list[tuple[int, list[int], int]]) -> torch.Tensor:
+        b = pack_varlen([ids for _, ids, _ in segments])  # (1, total), positions restarting at 0 per segment
+        lens = b.seq_lens()
+        starts = torch.tensor([p for _, _, p in segments])
+        positions = b.position_ids + torch.repeat_interleave(starts, lens.long())[None]
+        self.cache.plan([(slot, p, n) for (slot, _, p), n in zip(segments, lens.tolist())])
         dev = self.device
-        lens = [len(ids) for _, ids, _ in segments]
-        tokens = torch.tensor([t for _, ids, _ in segments for t in ids], device=dev)[None]  # (1, total)
-        positions = torch.cat([torch.arange(p, p + n) for (_, _, p), n in zip(segments, lens)]).to(dev)[None]
-        cu = torch.zeros(len(segments) + 1, dtype=torch.int32)
-        cu[1:] = torch.tensor(lens).cumsum(0)
-        self.cache.plan([(slot, p, n) for (slot, _, p), n in zip(segments, lens)])
         try:
-            logits = self.model(tokens, positions, cu_seqlens=cu.to(dev), max_seqlen=max(lens), cache=self.cache,
-                                last_only=True)
+            logits = self.model(b.input_ids.to(dev), positions.to(dev), cu_seqlens=b.cu_seqlens.to(dev),
+                                max_seqlen=b.max_seqlen, cache=self.cache, last_only=True)
         except BaseException:
             self.cache._segs = []
             raise
