@@ -44,7 +44,8 @@ class Q8Head(nn.Module):
         super().__init__()
         w = weight.detach().float()
         scale = w.abs().amax(1).clamp_min(torch.finfo(torch.float32).tiny) / 127
-        self.register_buffer("codes", torch.round(w / scale[:, None]).to(torch.int8), persistent=False)
+        codes = torch.round(w / scale[:, None]).to(torch.int8).contiguous()  # GGUF weights can be transposed views
+        self.register_buffer("codes", codes, persistent=False)
         self.register_buffer("scale", scale, persistent=False)
         self.out_features, self.in_features = w.shape
 

@@ -178,7 +178,7 @@ def test_q8_head_within_its_rounding_bound(k):
     result: unit roundoff 2^-8 each), on weights with outlier columns and an awkward shape; the bound itself is a
     small fraction of the logits' spread, so the check is not vacuous."""
     g = torch.Generator().manual_seed(6)
-    w = torch.randn(1037, k, generator=g) * 0.05
+    w = torch.randn(k, 1037, generator=g).T * 0.05  # a transposed view, as GGUF-loaded weights can be
     w[::7, 3] *= 40  # outliers: the row's scale grows, its other codes get coarser
     x = torch.randn(2, 5, k, generator=g) * 3
     head = Q8Head(w)
