@@ -9,7 +9,7 @@ Under torchrun: `engine.init_mesh(tp)` builds the (dp, tp) process grid, `engine
 part of the model, and `engine.map_data_parallel(fn, items, chunk)` shares work out over the DP replicas.
 """
 
-from .generation import generate  # noqa: F401
 from .loader import inference_dtype, load  # noqa: F401
 from .parallel.data_parallel import map_data_parallel  # noqa: F401
 from .parallel.mesh import init_mesh  # noqa: F401
+from .serving.offline import generate  # noqa: F401

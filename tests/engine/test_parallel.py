@@ -19,10 +19,10 @@ from tokenizers.models import WordLevel
 import engine
 from coalm_kernels.nf4 import quantize_nf4
 from engine.config import get_config
-from engine.generation import generate_ids
 from engine.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_modules, lora_state_dict, save_adapter
 from engine.model import build_model
 from engine.parallel.tp import check_tp
+from engine.serving.offline import generate_ids
 from engine.weights import save_hf
 from tests.engine.dist_launch import run_torchrun
 
