@@ -12,6 +12,7 @@ import sys
 import torch
 
 from .loader import DTYPE_CHOICES, DTYPE_HELP
+from .structured.matcher import mask_logits
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
@@ -46,8 +47,11 @@ def encode_prompts(tokenizer, prompts) -> list[list[int]]:
 
 @torch.inference_mode()
 def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0, stop_ids=(), stop_check=None, seed: int | None = None) -> list[list[int]]:
-    """New token ids per prompt (stop token excluded). `stop_check(i, ids) -> bool` ends sequence i early."""
+                 top_p: float = 1.0, stop_ids=(), stop_check=None, seed: int | None = None,
+                 matchers=None) -> list[list[int]]:
+    """New token ids per prompt (stop token excluded). `stop_check(i, ids) -> bool` ends sequence i early.
+    `matchers`: per prompt an `engine.structured.Matcher` or None; a matcher's sequence only gets tokens its grammar
+    allows (the logits are masked before greedy or sampled choice, and the matcher advances with the token)."""
     device = model.embed_tokens.weight.device
     B = len(prompt_ids)
     lens = torch.tensor([len(p) for p in prompt_ids], dtype=torch.int32, device=device)
@@ -73,12 +77,17 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 64, t
     done = [False] * B
     rows = torch.arange(B, device=device)
     for step in range(max_new_tokens):
+        if matchers is not None:
+            mask_logits(logits, [None if done[i] else m for i, m in enumerate(matchers)])
         nxt = _sample(logits, temperature, top_p, generator)  # (B,)
         for i, t in enumerate(nxt.tolist()):  # one device sync per step, then plain Python
             if done[i]:
                 continue
             if t in stop_ids:
                 done[i] = True
+                continue
+            if matchers is not None and matchers[i] is not None and not matchers[i].accept(t):
+                done[i] = True  # cannot happen under the mask; never loop on a rejected token
                 continue
             out[i].append(t)
             done[i] = stop_check is not None and stop_check(i, out[i])
@@ -92,11 +101,11 @@ def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 64, t
 
 
 def generate(model, tokenizer, prompts, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-             stop: list[str] | None = None, seed: int | None = None) -> list[str]:
+             stop: list[str] | None = None, seed: int | None = None, matchers=None) -> list[str]:
     """Texts generated for each prompt (a string, or a chat message list rendered with the chat template).
 
     Stops at the end-of-turn / end-of-text tokens, at any of the `stop` strings (cut from the text), or after
-    `max_new_tokens`.
+    `max_new_tokens`. `matchers`: per prompt an `engine.structured.Matcher` (grammar-constrained) or None.
     """
     single = isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict))
     if single:
@@ -106,7 +115,8 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 64, temperature: f
     if stop:
         def check(i, toks):  # decode only the tail: a stop string spans at most a few tokens
             return any(s in tokenizer.decode(toks[-(len(s) + 8):]) for s in stop)
-    new = generate_ids(model, ids, max_new_tokens, temperature, top_p, tokenizer.stop_ids, check, seed)
+    new = generate_ids(model, ids, max_new_tokens, temperature, top_p, tokenizer.stop_ids, check, seed,
+                       matchers=matchers)
     texts = []
     for toks in new:
         text = tokenizer.decode(toks)

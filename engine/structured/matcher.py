@@ -1,0 +1,109 @@
+"""Per-sequence grammar state and the batched logits mask.
+
+A `Matcher` wraps one llguidance matcher for one sequence: fill its token bitmask, mask a logits row, accept the chosen
+token, and say when it is done. `mask_logits(logits, matchers)` masks a whole decode step: rows whose matcher is None
+are not touched (unconstrained sequences pay nothing), the constrained rows' bitmasks are computed together by
+llguidance's executor and applied in one masked fill.
+
+A grammar that admits no token at some step (a schema that only llguidance finds unsatisfiable, or an internal limit)
+never stalls a sequence: its row then allows only the end-of-turn token, so the sequence ends with finish_reason
+"stop" and the text so far, and the event is logged.
+
+The bit unpacking is written here in plain torch rather than taken from `llguidance.torch`, whose
+`apply_token_bitmask_inplace` is wrapped in `torch.compile` (a compile on first use, and a C++ toolchain on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import llguidance
+import torch
+
+log = logging.getLogger(__name__)
+_SHIFTS = torch.arange(32, dtype=torch.int32)
+_executor = None
+
+
+def _get_executor() -> llguidance.LLExecutor:
+    global _executor
+    if _executor is None:
+        _executor = llguidance.LLExecutor(num_threads=max(1, torch.get_num_threads()))
+    return _executor
+
+
+def bitmask_words(vocab_size: int) -> int:
+    return (vocab_size + 31) // 32
+
+
+def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(R, W) int32 bitmask (bit j of word w = token 32w+j) -> (R, vocab_size) bool allowed."""
+    bits = (bitmask.unsqueeze(-1) >> _SHIFTS.to(bitmask.device)) & 1  # (R, W, 32)
+    return bits.view(bitmask.shape[0], -1)[:, :vocab_size].bool()
+
+
+class Matcher:
+    """The grammar state of one sequence. `stop_ids`: the end tokens allowed when the grammar is complete (and,
+    when it admits nothing, the one forced to end the sequence)."""
+
+    def __init__(self, ll: llguidance.LLMatcher, stop_ids):
+        self.ll = ll
+        self.stop_ids = list(stop_ids)
+        self.dead = False  # the grammar admitted no token: the sequence was made to stop
+
+    @property
+    def is_terminated(self) -> bool:
+        """True when the grammar is complete (only an end token may follow), failed, or admitted nothing."""
+        return self.dead or self.ll.is_stopped() or self.ll.is_error()
+
+    @property
+    def error(self) -> str:
+        return self.ll.get_error()
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int = 0) -> None:
+        """Write this sequence's allowed-token bits into row `row` of a CPU int32 (R, W) bitmask."""
+        if bitmask.dtype != torch.int32 or bitmask.device.type != "cpu" or not bitmask.is_contiguous():
+            raise ValueError("the bitmask must be a contiguous CPU int32 tensor")
+        v = bitmask[row]
+        self.ll.unsafe_compute_mask_ptr(v.data_ptr(), v.numel() * 4)
+
+    def apply(self, logits: torch.Tensor) -> None:
+        """Mask one logits row (V,) in place: disallowed tokens get -inf."""
+        mask_logits(logits[None], [self])
+
+    def accept(self, token: int) -> bool:
+        """Advance with the chosen token; False (and the matcher in its error state) when the grammar forbids it."""
+        if token in self.stop_ids and (self.ll.is_accepting() or self.ll.is_stopped()):
+            return True
+        ok = self.ll.consume_token(int(token))
+        if not ok:
+            log.warning("structured: token %d rejected by the grammar: %s", token, self.ll.get_error()[:200])
+        return ok
+
+    def accept_text(self, token_ids) -> bool:
+        """Advance over tokens that are already part of the output (a forced prefix such as a named call's head)."""
+        return self.ll.consume_tokens([int(t) for t in token_ids])
+
+
+def mask_logits(logits: torch.Tensor, matchers) -> None:
+    """Mask the rows of `logits` (B, V) whose matcher is not None, in place; other rows are left as they are."""
+    rows = [i for i, m in enumerate(matchers) if m is not None]
+    if not rows:
+        return
+    vocab = logits.shape[-1]
+    bitmask = torch.empty((len(rows), bitmask_words(vocab)), dtype=torch.int32)
+    ms = [matchers[i] for i in rows]
+    _get_executor().unsafe_compute_mask_ptr([(m.ll, k) for k, m in enumerate(ms)], bitmask.data_ptr(),
+                                            bitmask.shape[1] * 4, len(rows))
+    allowed = unpack_bitmask(bitmask, vocab)  # (R, V)
+    for k, m in enumerate(ms):
+        if m.dead or not bool(allowed[k].any()):
+            if not m.dead:
+                log.warning("structured: the grammar admits no token (%s); ending the sequence with stop",
+                            m.error.splitlines()[0][:200] if m.error else "no continuation")
+            m.dead = True
+            allowed[k] = False
+            allowed[k, m.stop_ids[0]] = True
+    idx = torch.tensor(rows, device=logits.device)
+    allowed = allowed.to(logits.device)
+    logits[idx] = logits[idx].masked_fill(~allowed, float("-inf"))
