@@ -133,8 +133,19 @@ def _choice_name(choice) -> str | None:
     raise GrammarError(f"tool_choice must be 'auto', 'required', 'none' or a named function, got {choice!r}"[:300])
 
 
-def tool_grammar(tools: list[dict], fmt: str = "llama3", tool_choice="auto") -> str | None:
-    """Lark text (llguidance dialect) for calls of `tools` in `fmt` under `tool_choice`; None for "none"."""
+def _repeat(first: str, sep: str, n: int | None) -> str:
+    """`first` then up to n-1 more (`sep` before each), or any number when n is None."""
+    if n is None:
+        return f"{first} ({sep} call)*"
+    out = ""
+    for _ in range(n - 1):
+        out = f" ({sep} call{out})?"
+    return first + out
+
+
+def tool_grammar(tools: list[dict], fmt: str = "llama3", tool_choice="auto", max_calls: int | None = None) -> str | None:
+    """Lark text (llguidance dialect) for calls of `tools` in `fmt` under `tool_choice`; None for "none".
+    `max_calls`: at most that many calls (1 for OpenAI's `parallel_tool_calls: false`); None: no limit."""
     if fmt not in FORMATS:
         raise GrammarError(f"unknown tool format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if tool_choice == "none":
@@ -146,6 +157,8 @@ def tool_grammar(tools: list[dict], fmt: str = "llama3", tool_choice="auto") -> 
     if len(set(names)) != len(names):
         raise GrammarError(f"tool names must be unique, got {names}")
     _check_size([p for _, p in specs])
+    if max_calls is not None and max_calls < 1:
+        raise GrammarError(f"max_calls must be >= 1, got {max_calls}")
     named = _choice_name(tool_choice)
     if named is not None and named not in names:
         raise GrammarError(f"tool_choice names {named!r}, which is not one of the tools: {', '.join(names)}")
@@ -162,14 +175,15 @@ def tool_grammar(tools: list[dict], fmt: str = "llama3", tool_choice="auto") -> 
         if named is not None:
             start = "start: call"
         else:
-            lines.append('calls: call (sep? call)*\nsep: "; " | ";" | "\\n"')
+            lines.append(f'calls: {_repeat("call", "sep?", max_calls)}\nsep: "; " | ";" | "\\n"')
             start = "start: calls" if tool_choice == "required" else "start: calls | TEXT\nTEXT: /[^{\\[](.|\\n)*/"
     else:
         if named is not None:
             start = 'start: "[" call "]"'
         else:
             empty = ' | "[]"' if tool_choice == "auto" else ""
-            start = f'start: "[" call (", " call)* "]"{empty}'
+            body = _repeat("call", '", "', max_calls)
+            start = f'start: "[" {body} "]"{empty}'
     return "\n".join([start] + lines) + "\n"
 
 
