@@ -6,7 +6,7 @@ Two tool formats, as the engine's parsers read them (engine/serving/tool_parsers
 
 NAME is one of the listed tools (each tool is its own alternative, so a name and its arguments always agree) and
 ARGS follows that tool's JSON schema (llguidance's `%json`: types, enums, required, nested objects and arrays).
-Object schemas in tool arguments that do not say otherwise are closed (`additionalProperties: false`): an invented
+Object schemas in tool arguments that list properties and do not say otherwise are closed (`additionalProperties: false`): an invented
 argument name is never valid. JSON is written compactly, with json.dumps' default separators (", " and ": ", the way
 the chat templates and the CoALM-IT data write calls), so the model cannot spin on whitespace. Properties come in the
 schema's order (llguidance, like xgrammar, keeps schema order; JSON Schema itself does not care).
@@ -39,7 +39,8 @@ class GrammarError(ValueError):
 
 
 def close_objects(schema):
-    """A copy of `schema` where object schemas without `additionalProperties` get `additionalProperties: false`."""
+    """A copy of `schema` where object schemas that list `properties` but say nothing of others get
+    `additionalProperties: false`."""
     if isinstance(schema, list):
         return [close_objects(s) for s in schema]
     if not isinstance(schema, dict):
@@ -52,9 +53,13 @@ def close_objects(schema):
             out[k] = close_objects(v)
         else:
             out[k] = v
-    is_object = out.get("type") == "object" or (out.get("type") is None and "properties" in out)
-    if is_object and "additionalProperties" not in out and "patternProperties" not in out:
+    # only objects that list their properties: a free-form map (`{"type": "object"}`) stays open
+    if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
         out["additionalProperties"] = False
+        # a required name the schema forgot to describe is still a documented name: allow it with any value
+        missing = [r for r in out.get("required", []) if isinstance(r, str) and r not in out.get("properties", {})]
+        if missing:
+            out["properties"] = {**out.get("properties", {}), **{r: {} for r in missing}}
     return out
 
 
