@@ -70,7 +70,7 @@ def test_random_json_schemas_validate(debug_model, case):
     outs, matchers = _sample(model, tok, compiler, [json_grammar(s, strict=True) for s in schemas], rng.randrange(1 << 30))
     for s, text, m in zip(schemas, outs, matchers):
         ctx = f"base seed {BASE_SEED}, case {case}: schema {json.dumps(s)}, output {text!r}"
-        assert m.is_terminated and not m.error, ctx
+        assert m.is_accepting and not m.error, ctx  # a stop token is only allowed once the value is whole
         jsonschema.validate(json.loads(text), s)  # the reference validator, not the code under test
 
 
@@ -93,7 +93,7 @@ def test_random_tools_calls_validate(debug_model, fmt, choice):
         ctx = f"base seed {BASE_SEED}: tools {json.dumps(tools)}, output {text!r}"
         if fmt == "llama3" and choice == "auto" and not text.startswith("{"):
             continue  # the model chose text
-        assert m.is_terminated and not m.error, ctx
+        assert m.is_accepting and not m.error, ctx  # a stop token is only allowed once the value is whole
         if fmt == "la":
             calls = json.loads(text)
         else:
@@ -179,3 +179,13 @@ def test_cache_hits_once_per_distinct_grammar(debug_model):
     hits, misses = compiler.hits, compiler.misses
     a, b = compiler.matcher(g), compiler.matcher(g)
     assert (compiler.misses - misses, compiler.hits - hits) == (1, 1) and a.ll is not b.ll
+
+
+def test_unpack_bitmask_matches_bit_arithmetic():
+    from engine.structured import unpack_bitmask
+
+    for vocab in (1, 31, 32, 33, 1000, 49152):
+        words = (vocab + 31) // 32
+        bm = torch.randint(-2**31, 2**31 - 1, (3, words), dtype=torch.int32)
+        ref = torch.tensor([[(int(bm[r, t // 32]) >> (t % 32)) & 1 for t in range(vocab)] for r in range(3)]).bool()
+        assert torch.equal(unpack_bitmask(bm, vocab), ref), vocab
