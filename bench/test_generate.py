@@ -60,7 +60,7 @@ def models():
 
 
 def _ours(model, prompt_ids, n):
-    from engine.generation import generate_ids
+    from engine.serving.offline import generate_ids
 
     def run():
         out = generate_ids(model, prompt_ids, max_new_tokens=n)

@@ -2,19 +2,21 @@
 
     python -m pytest bench/test_native_decode.py --benchmark-only -q -s
 
-SmolLM2-135M from the embedded GGUF; greedy; exactly NEW new tokens; one thread per side ($COALM_BENCH_THREADS),
-all in the same run. Decode tokens/s = batch * (NEW - 1) / (t(NEW) - t(1)), prefill = t(1) (bench/test_generate.py's
-method and helpers). Ours: NF4 block linears (fp32 lm_head, as QLoRA keeps it). Peers:
+SmolLM2-135M from the embedded GGUF; greedy; exactly NEW = 64 new tokens after PROMPT = 512-token prompts (batch 1
+and 8, each row a different stretch of text); one thread per side ($COALM_BENCH_THREADS), all in the same run.
+Decode tokens/s = batch * (NEW - 1) / (t(NEW) - t(1)), prefill = t(1) (bench/test_generate.py's method and helpers).
+Ours: NF4 block linears and the 8-bit LM head (`engine.quantize.Q8Head`), on the serving engine's decode path.
+Peers:
 - transformers fp32 `generate` on the same GGUF weights;
 - transformers with the block linears as bitsandbytes `Linear4bit` NF4 (double-quantized, fp32 compute), quantized
   from the same weights. On a CPU with AVX-512-BF16, bitsandbytes repacks the weight at the first eval forward and
   runs its own fused 4-bit GEMM (bf16 dot products, its `gemv_4bit`); elsewhere it dequantizes and multiplies;
 - our own fp32 path.
-The first greedy token of every row must agree between ours and the bitsandbytes model (the same NF4 function).
+How many rows' first greedy token agrees between ours and the bitsandbytes model is printed (the same NF4 function;
+our head is 8-bit, theirs fp32, so a near-tie may differ).
 
 Bandwidth: a copy of COPY_MB measured in the same run gives B = (bytes read + written) / s. The decode bound is
-B / (weight bytes read per token): the NF4 linears (codes + 8-bit absmax + absmax2) plus the fp32 lm_head, which
-dominates for this model. Reported: our decode as a fraction of that bound, and of the NF4-bytes-only bound.
+B / (weight bytes read per token): the NF4 linears (codes + 8-bit absmax + absmax2) plus the int8 LM head. Reported: our decode as a fraction of that bound, and of the NF4-bytes-only bound.
 Prefill: a 512-token prompt (batch 1), ours NF4 against our fp32 path. Memory: RSS after loading, in a fresh process.
 Each decode row also carries the ratio of thread CPU time per step (`cpu_ratio`), printed beside the wall ratio.
 """
@@ -38,8 +40,9 @@ if ON_GPU:
 
 from bench.test_generate import PROMPTS, _ours, _theirs
 
-NEW = 16
-ROUNDS = 2
+NEW = 64
+PROMPT = 512
+ROUNDS = 1
 THREADS = int(os.environ.get("COALM_BENCH_THREADS", "1"))
 COPY_MB = 256
 
@@ -84,7 +87,7 @@ def _weight_bytes(nf4_model) -> tuple[int, int]:
 
     q = sum(sum(t.numel() * t.element_size() for t in (m.nf4.packed, m.nf4.absmax, m.nf4.absmax2))
             for m in nf4_model.modules() if isinstance(m, NF4Linear))
-    return q, nf4_model.lm_head.weight.numel() * nf4_model.lm_head.weight.element_size()
+    return q, sum(t.numel() * t.element_size() for t in nf4_model.lm_head.buffers())
 
 
 def _cpu_step(run_n, run_1) -> float:
@@ -105,17 +108,25 @@ def _copy_bandwidth() -> float:
     return 2 * src.numel() / median_time(lambda: dst.copy_(src), warmup=1, iters=5)
 
 
+def _prompts(tok, batch: int) -> list[list[int]]:
+    """`batch` prompts of PROMPT tokens: BOS + different stretches of one long text."""
+    text = " ".join(PROMPTS) * 40
+    return [tok.encode(text[300 * i:], bos=True)[:PROMPT] for i in range(batch)]
+
+
 @pytest.mark.parametrize("batch", [1, 8])
 def test_nf4_decode(benchmark, report, models, batch):
     m, tok = models
-    ids = [tok.encode(p, bos=True) for p in PROMPTS[:batch]]
+    ids = _prompts(tok, batch)
+    assert all(len(p) == PROMPT for p in ids)
     pad = min(tok.stop_ids) if tok.stop_ids else 0
     ours_n, ours_1 = _ours(m["nf4"], ids, NEW), _ours(m["nf4"], ids, 1)
     bnb_n = _theirs(m["hf_bnb"], ids, NEW, pad)
     got, want = ours_n(), bnb_n()
-    assert [g[0] for g in got] == [w[0] for w in want], ([g[0] for g in got], [w[0] for w in want])
+    agree = sum(g[0] == w[0] for g, w in zip(got, want))
+    print(f"\n  b{batch}: first greedy token agrees with bitsandbytes NF4 on {agree}/{batch} rows")
 
-    benchmark.pedantic(ours_n, rounds=ROUNDS, warmup_rounds=0)
+    benchmark.pedantic(ours_n, rounds=ROUNDS + 1, warmup_rounds=0)
     step = (benchmark.stats.stats.median - median_time(ours_1, warmup=0, iters=ROUNDS + 1)) / (NEW - 1)
     cpu_step = _cpu_step(ours_n, ours_1)
     peers = {

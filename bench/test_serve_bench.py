@@ -1,4 +1,6 @@
-"""engine.serve under load: 16 concurrent streaming clients against the same 16 requests served one at a time.
+"""engine.serve under load: 16 concurrent streaming clients against the same 16 requests served one at a time; a short
+request beside a 7,000-word prompt's chunked prefill (latency against the same request alone), and the resident
+memory that prompt adds against its own KV cache.
 
     python -m pytest bench/test_serve_bench.py --benchmark-only -q -s
 
@@ -17,11 +19,17 @@ Threads: $COALM_BENCH_THREADS (default 1, as in the other end-to-end suites: on 
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import statistics
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
+import torch
 
 from bench.conftest import require_package_files
 
@@ -103,3 +111,104 @@ def test_concurrent_vs_sequential_tokens_per_s(benchmark, report, client):
            "tokens/s", tps, peer="same requests one at a time", peer_time_s=seq_wall, peer_tokens_per_s=seq_tps,
            tokens=tokens, ttft_mean_s=sum(ttft) / len(ttft), ttft_max_s=ttft[-1],
            peer_ttft_mean_s=sum(seq_ttft) / len(seq_ttft), threads=int(THREADS))
+
+
+# ------------------------------------------------------------------------------ a long prompt beside a short request
+LONG_WORDS, SHORT_TOKENS = 7000, 16
+_COMMON = ("the of and to in is was for on that with as by at from his her they this which are have had not but one "
+         "all were when we there can an your more their if will up out so about who them some would what time other "
+         "into than its only over also after first two new any these may most people way water day long")
+WORDS = _COMMON.split()
+
+
+def _scheduler(threads: int = 1):
+    import engine
+    from engine.loader import resolve_dtype
+    from engine.serving.runner import Runner
+    from engine.serving.scheduler import Scheduler
+
+    torch.set_num_threads(threads)
+    model, tok = engine.load("smollm2-135m", dtype=resolve_dtype("auto"))  # the server's dtype rule
+    return Scheduler(Runner(model, model.args.max_seq_len), tok, max_batch=16), tok
+
+
+def _long_prompt(tok) -> list[int]:
+    rnd = random.Random(0)
+    text = " ".join(rnd.choice(WORDS) for _ in range(LONG_WORDS))
+    return tok.encode_chat([{"role": "user", "content": "Summarise this: " + text}])
+
+
+def _timed(sched, tok, prompt_ids, max_tokens) -> tuple[object, threading.Event, list[float]]:
+    from engine.serving.scheduler import Params, Sequence
+
+    done, t = threading.Event(), [time.perf_counter()]
+    seq = Sequence(prompt_ids, Params(max_tokens), lambda d, f: (t.append(time.perf_counter()), done.set()) if f else 0)
+    sched.submit(seq)
+    return seq, done, t
+
+
+def test_short_request_beside_a_long_prefill(benchmark, report):
+    """Latency of a short chat request (16 tokens) alone, then while a 7,000-word prompt is being prefilled."""
+    sched, tok = _scheduler()
+    sched.start()
+    try:
+        short = tok.encode_chat([{"role": "user", "content": "Name three colours."}])
+        alone = []
+        for _ in range(3):
+            seq, done, t = _timed(sched, tok, short, SHORT_TOKENS)
+            assert done.wait(300) and seq.error is None
+            alone.append(t[1] - t[0])
+        long_ids = _long_prompt(tok)
+        big, big_done, big_t = _timed(sched, tok, long_ids, 1)
+        while big.done_prompt == 0:
+            time.sleep(0.01)
+        seq, done, t = benchmark.pedantic(lambda: _timed(sched, tok, short, SHORT_TOKENS), rounds=1)
+        assert done.wait(600)
+        loaded = t[1] - t[0]
+        still = big.finish is None
+        assert big_done.wait(1800)
+    finally:
+        sched.shutdown()
+    base = statistics.median(alone)
+    print(f"\n  short request ({len(short)} prompt tokens, {SHORT_TOKENS} new): alone {base:.2f} s, beside the "
+          f"{len(long_ids)}-token prefill {loaded:.2f} s ({loaded / base:.1f}x; goal <= 5x); long prompt still "
+          f"prefilling when it ended: {still}; long prompt's own time {big_t[1] - big_t[0]:.1f} s")
+    report("short request beside a 7,000-word prefill, smollm2-135m 1T", loaded, "x unloaded latency",
+           loaded / base, peer="the same request alone", peer_time_s=base, long_prompt_tokens=len(long_ids),
+           long_still_prefilling=still, long_total_s=big_t[1] - big_t[0])
+
+
+_RSS_LONG = """
+import json, sys, threading, time
+sys.path.insert(0, ".")
+from bench.test_serve_bench import _scheduler, _long_prompt, _timed
+sched, tok = _scheduler()
+ids = _long_prompt(tok)
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
+base, peak, stop = rss(), [0], threading.Event()
+def watch():
+    while not stop.is_set():
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.005)
+threading.Thread(target=watch, daemon=True).start()
+seq, done, t = _timed(sched, tok, ids, 1)
+while not done.is_set():
+    sched.step()
+stop.set()
+cache = sched.runner.cache.need_bytes(len(ids) + 1)
+print(json.dumps({"base": base, "peak": max(peak[0], rss()), "cache": cache, "tokens": len(ids), "s": t[1] - t[0]}))
+"""
+
+
+def test_long_prompt_peak_rss(benchmark, report):
+    """Resident memory added while a 7,000-word prompt is prefilled (a fresh process, RSS sampled every 5 ms),
+    against the KV cache that prompt needs itself."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = benchmark.pedantic(lambda: subprocess.run([sys.executable, "-c", _RSS_LONG], capture_output=True, text=True,
+                                                  env=env, check=True), rounds=1)
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    grew = m["peak"] - m["base"]
+    print(f"\n  {m['tokens']}-token prompt: RSS grew {grew / 2**20:.0f} MiB for a KV cache of "
+          f"{m['cache'] / 2**20:.0f} MiB ({grew / m['cache']:.2f}x; goal <= 1.2x); prefill {m['s']:.1f} s")
+    report("peak RSS growth for a 7,000-word prompt / its KV cache, smollm2-135m", m["s"], "x own cache",
+           grew / m["cache"], rss_growth_mib=grew / 2**20, kv_cache_mib=m["cache"] / 2**20, tokens=m["tokens"])

@@ -72,7 +72,7 @@ def setup():
 
 
 def _run(model, prompts, n, compiler=None, grammar=None, live=None):
-    from engine.generation import generate_ids
+    from engine.serving.offline import generate_ids
 
     def run():
         matchers = None if compiler is None else [compiler.matcher(grammar) for _ in prompts]

@@ -62,6 +62,25 @@ def sdpa_decode(q, k_cache, v_cache, cache_seqlens, scale):
     return _sdpa_heads(q, k, v, False, scale, _decode_mask(cache_seqlens, tq, tk, q.device)).to(out_dtype)
 
 
+def cache_attention(q, k, v, scale):
+    """One sequence's new tokens against its head-major cache (`engine.serving.cache.KVCache`): q (Tq, Hq, D) are the
+    last Tq of the L positions in k/v (Hkv, L, D); causal, aligned bottom-right. -> (Tq, Hq, D).
+
+    At Tq = 1 (decode) the token sees every key: no mask, and k/v are exactly the filled part of the cache. A chunk
+    from position 0 (Tq = L) takes SDPA's causal kernel; a later chunk of a long prompt gets an explicit (Tq, L)
+    mask, small next to the scores themselves."""
+    tq, tk = q.shape[0], k.shape[1]
+    out_dtype = q.dtype
+    if q.dtype in (torch.bfloat16, torch.float16) and tq <= _UPCAST_MAX_TQ:
+        q, k, v = q.float(), k.float(), v.float()
+    mask = None
+    if 1 < tq < tk:
+        mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+    o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k[None], v[None], attn_mask=mask,
+                                       is_causal=tq > 1 and tq == tk, scale=scale, enable_gqa=q.shape[1] != k.shape[0])
+    return o[0].transpose(0, 1).to(out_dtype)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Reference: explicit softmax in the inputs' dtype (any dtype, fp64 included)
 # --------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,6 @@ part of the model, and `engine.map_data_parallel(fn, items, chunk)` shares work 
 """
 
 from .parallel.data_parallel import map_data_parallel  # noqa: F401
-from .generation import generate  # noqa: F401
+from .serving.offline import generate  # noqa: F401
 from .loader import inference_dtype, load  # noqa: F401
 from .parallel.mesh import init_mesh  # noqa: F401

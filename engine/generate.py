@@ -1,12 +1,12 @@
-"""`python -m engine.generate`: the command-line entry point (the code lives in `engine.generation`).
+"""`python -m engine.generate`: the command-line entry point; the code (CLI included) is `engine.serving.offline`.
 
-Kept apart so that `engine.generate` the function (`engine/__init__.py`) is never shadowed by this module:
-import `engine.generation` in code, not this file.
+Only ever run with `python -m`: importing this module would set the attribute `engine.generate` to it, shadowing
+the function `engine.generate` (`engine/__init__.py`). In code, import `engine.serving.offline`.
 """
 
 import sys
 
-from engine.generation import main
+from engine.serving.offline import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -103,11 +103,12 @@ def validation_loss(model, batches, device) -> float:
     was_training = model.training
     model.eval()  # no dropout: the value depends on the weights alone (and no RNG is drawn)
     total, count = 0.0, 0
-    for b in batches:
-        n = b["n_targets"]
+    for b in batches:  # engine.data.Batch
+        n = b.n_targets
         if n:
-            t = {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
-            loss = model.loss(t["input_ids"], t["labels"], t["position_ids"], t["cu_seqlens"], t["max_seqlen"])
+            t = b.to(device)
+            loss = model.loss(input_ids=t.input_ids, labels=t.labels, position_ids=t.position_ids,
+                              cu_seqlens=t.cu_seqlens, max_seqlen=t.max_seqlen)
             total += loss.item() * n
             count += n
     model.train(was_training)

@@ -8,7 +8,9 @@ runs Triton on CUDA tensors and plain torch (SDPA for attention) on CPU tensors.
 Three ways to run attention, chosen by the arguments of `forward`:
 - (B, T) tokens: causal attention within each row;
 - packed (1, total) tokens with `cu_seqlens`: causal within each packed sequence, never across (training);
-- with a `KVCache`: prefill (packed prompts) or decode (B, Tq new tokens per sequence) for generation.
+- packed (1, total) tokens with a `cache` (`engine.serving.cache.KVCache`, the engine's one KV cache): each packed
+  segment (a decode token or a prompt chunk) is written into its sequence's slot and attends to that slot's filled
+  prefix; `cache.attend` does both, so the model knows nothing of slots.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coalm_kernels.cross_entropy import fused_linear_cross_entropy
-from coalm_kernels.flash_attn import flash_attention, flash_attention_decode
+from coalm_kernels.flash_attn import flash_attention
 from coalm_kernels.rms_norm import rms_norm
 from coalm_kernels.rope import apply_rope, rope_cos_sin, rope_frequencies
 from coalm_kernels.swiglu import swiglu
@@ -36,32 +38,6 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-class KVCache:
-    """Per-layer K/V of shape (B, max_len, n_kv_heads, head_dim) and the filled length of each sequence.
-
-    Sequences are right-padded: sequence b holds its tokens at positions [0, lengths[b]). Prefill writes packed
-    prompts, decode appends Tq tokens per sequence; `advance` moves the lengths after a forward.
-    """
-
-    def __init__(self, n_layers, batch, max_len, n_kv_heads, head_dim, dtype, device):
-        shape = (batch, max_len, n_kv_heads, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.lengths = torch.zeros(batch, dtype=torch.int32, device=device)
-        self.max_len = max_len
-        self._index = None  # (batch rows, positions) of the tokens being written by the current forward
-
-    def begin(self, positions: torch.Tensor, rows: torch.Tensor):
-        """Called once per forward: where (row, position) each new token goes."""
-        if int(positions.max()) >= self.max_len:
-            raise ValueError(f"KV cache of {self.max_len} positions is full")
-        self._index = (rows.reshape(-1), positions.reshape(-1))
-
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        self.k[layer].index_put_(self._index, k.reshape(-1, *k.shape[-2:]))
-        self.v[layer].index_put_(self._index, v.reshape(-1, *v.shape[-2:]))
-
-
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, layer_id: int):
         super().__init__()
@@ -72,19 +48,17 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.o_proj = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x, cos, sin, cu_seqlens=None, max_seqlen=None, cache: KVCache | None = None):
+    def forward(self, x, cos, sin, cu_seqlens=None, max_seqlen=None, cache=None):
         B, T, _ = x.shape
         # tensor parallelism shards the heads: read the local counts from the (possibly sharded) projections
         q = self.q_proj(x).view(B, T, -1, self.head_dim)  # (B, T, Hq, D)
         k = self.k_proj(x).view(B, T, -1, self.head_dim)  # (B, T, Hkv, D)
         v = self.v_proj(x).view(B, T, -1, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            cache.write(self.layer_id, k, v)
-        if cu_seqlens is not None:  # packed (1, total): prefill or training; attend within each sequence only
+        if cache is not None:  # generation: each segment against its own cached prefix
+            o = cache.attend(self.layer_id, q, k, v)
+        elif cu_seqlens is not None:  # packed (1, total) training: attend within each sequence only
             o = flash_attention(q[0], k[0], v[0], causal=True, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)[None]
-        elif cache is not None:  # decode: the new tokens against everything cached so far
-            o = flash_attention_decode(q, cache.k[self.layer_id], cache.v[self.layer_id], cache.lengths + T)
         else:
             o = flash_attention(q, k, v, causal=True)
         return self.o_proj(o.reshape(B, T, -1))
@@ -146,7 +120,7 @@ class Transformer(nn.Module):
                 p.normal_(0.0, std, generator=generator)
         return self.init_buffers()
 
-    def hidden_states(self, tokens, positions=None, cu_seqlens=None, max_seqlen=None, cache: KVCache | None = None):
+    def hidden_states(self, tokens, positions=None, cu_seqlens=None, max_seqlen=None, cache=None):
         """Final-norm hidden states (B, T, dim). `positions` (B, T) default to 0..T-1 per row."""
         B, T = tokens.shape
         if positions is None:
@@ -168,21 +142,17 @@ class Transformer(nn.Module):
             h = h[:, cu_seqlens[1:].long() - 1] if cu_seqlens is not None else h[:, -1:]
         return self.lm_head(h).float()
 
-    def loss(self, tokens, labels, positions=None, cu_seqlens=None, max_seqlen=None):
-        """Mean next-token cross-entropy over labels != -100; labels are aligned with tokens (shifted here).
+    def loss(self, input_ids, labels, position_ids=None, cu_seqlens=None, max_seqlen=None):
+        """Mean next-token cross-entropy over labels != -100; labels are aligned with input_ids (shifted here).
 
-        With packed sequences, the shift never crosses a boundary: the last token of each sequence predicts nothing.
+        The arguments are an `engine.data.Batch`'s fields, by the same names. With packed sequences, the shift never
+        crosses a boundary: the last token of each sequence predicts nothing.
         """
         targets = F.pad(labels[:, 1:], (0, 1), value=-100)
         if cu_seqlens is not None:
             targets[:, cu_seqlens[1:].long() - 1] = -100
-        h = self.hidden_states(tokens, positions, cu_seqlens, max_seqlen)
+        h = self.hidden_states(input_ids, position_ids, cu_seqlens, max_seqlen)
         return fused_linear_cross_entropy(h, self.lm_head.weight, targets)
-
-    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
-        a, w = self.args, self.embed_tokens.weight
-        n_kv = self.layers[0].self_attn.k_proj.out_features // a.head_dim  # local heads under tensor parallelism
-        return KVCache(a.n_layers, batch, max_len, n_kv, a.head_dim, dtype or w.dtype, device or w.device)
 
 
 def build_model(args: ModelArgs) -> Transformer:

@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="how tools reach the model: llama3 JSON calls, la = CoALM-IT LA JSON list (auto: by model)")
     p.add_argument("--max-batch", type=int, default=DEFAULT_BATCH, help="sequences decoded together (cache slots)")
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    p.add_argument("--kv-cache-memory", type=float, help="GiB of KV cache that admitted requests may reserve "
+                   "(prompt + max_tokens each; others wait). Default: half the memory free at start")
     p.add_argument("--random-init", action="store_true", help="random weights (throughput runs)")
     p.add_argument("--fake-model", help=argparse.SUPPRESS)  # tests: a scripted model (engine/serving/fake.py)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -62,7 +64,7 @@ def _load(a):
         kwargs["quantize"] = a.quantize
     model, tok = engine.load(a.model, **kwargs)
     max_len = min(a.max_model_len or model.args.max_seq_len, model.args.max_seq_len)
-    runner = Runner(model, a.max_batch, max_len)
+    runner = Runner(model, max_len, None if a.kv_cache_memory is None else int(a.kv_cache_memory * 2**30))
     if a.tp > 1:
         from .serving.tp import follow_or_lead
 

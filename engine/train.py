@@ -29,11 +29,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
-from .parallel.data_parallel import all_reduce_sum, clip_grad_norm, dp_pad, dp_rows, rank_device, reduce_gradients
-from .parallel.dist import is_rank0, print0
-from .parallel.fsdp import describe, shard_model, uses_fsdp
+from .data import DataError, StepBatches, cache_dir, load_train_val
 from .loader import parse_dtype
-from .parallel.mesh import current_mesh, init_mesh
 from .metrics import (
     MetricsLogger,
     check_loggers,
@@ -43,6 +40,10 @@ from .metrics import (
     update_best,
     validation_loss,
 )
+from .parallel.data_parallel import all_reduce_sum, clip_grad_norm, rank_device, reduce_gradients
+from .parallel.dist import is_rank0, print0
+from .parallel.fsdp import describe, shard_model, uses_fsdp
+from .parallel.mesh import current_mesh, init_mesh
 from .train_config import TrainConfig
 from .train_config import parse_config as _parse_config
 
@@ -114,10 +115,6 @@ def lr_lambda(total_steps: int, warmup_ratio: float):
 
 # -------------------------------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig) -> dict:
-    from coalm import data as cdata
-    from coalm.data.pack import make_batch
-    from coalm.paths import cache_dir
-
     mesh = init_mesh(cfg.tp)  # (dp, tp) from the world size; a world that --tp does not divide fails here, unloaded
     device = rank_device(cfg.device, mesh)
     dtype = None if cfg.dtype is None else parse_dtype(cfg.dtype)
@@ -130,15 +127,15 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
 
     # rows first: a bad data file (or a missing logger package) fails before minutes of model loading
-    rows, val_rows = cdata.load_train_val(cfg.data, cfg.val_data, cfg.val_frac, cfg.seed, cfg.skip_invalid, print0)
+    rows, val_rows = load_train_val(cfg.data, cfg.val_data, cfg.val_frac, cfg.seed, cfg.skip_invalid, print0)
     check_loggers(cfg.log)
     model, tok = load_model(cfg, device, dtype)
     cache = None if cfg.no_render_cache else cache_dir()
-    batches = cdata.StepBatches.from_rows(rows, tok, cfg.max_seq_len, cfg.global_batch_size, cfg.micro_batch_size,
-                                          seed=cfg.seed, cache_dir=cache)
+    batches = StepBatches.from_rows(rows, tok, cfg.max_seq_len, cfg.global_batch_size, cfg.micro_batch_size,
+                                    seed=cfg.seed, cache_dir=cache)
     print0(f"data: {batches.summary}")
-    val = val_rows and cdata.StepBatches.from_rows(val_rows, tok, cfg.max_seq_len, cfg.micro_batch_size,
-                                                   cfg.micro_batch_size, cache_dir=cache)
+    val = val_rows and StepBatches.from_rows(val_rows, tok, cfg.max_seq_len, cfg.micro_batch_size,
+                                             cfg.micro_batch_size, cache_dir=cache)
     if val:
         print0(f"validation: {val.summary}")
     total = batches.total_steps(cfg.epochs, cfg.steps)
@@ -175,28 +172,23 @@ def train(cfg: TrainConfig) -> dict:
     fsdp = uses_fsdp(cfg.mode, mesh)
     for step in bar:
         t0 = time.perf_counter()
-        # this DP rank's slice of the step's rows; the loss weights use the whole step's target count
-        step_rows = batches.step_rows(step)
-        micro = [make_batch(batches.rendered, idx) for idx in dp_rows(step_rows, mesh, cfg.micro_batch_size)]
-        if fsdp:  # each forward all-gathers: as many on every rank (the extra ones weigh 0)
-            pad = {**make_batch(batches.rendered, step_rows[0][:1]), "n_targets": 0, "pad": True}
-            micro += [pad] * dp_pad(step_rows, mesh, cfg.micro_batch_size)
-        total_targets = max(1, int(all_reduce_sum([sum(mb["n_targets"] for mb in micro)], mesh, device)[0]))
+        # this DP rank's share of the step, each micro-batch weighted by its share of the whole step's targets;
+        # under FSDP every forward all-gathers, so every rank runs as many (the extra ones weigh 0)
         loss_sum, tokens = 0.0, 0
-        for mb in micro:
-            count = mb["n_targets"]
-            b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in mb.items()}
-            tokens += 0 if mb.get("pad") else b["input_ids"].numel()
+        for mb in batches.step(step, mesh, pad=fsdp):
+            b = mb.to(device)
+            tokens += b.num_tokens if b.weight else 0
             try:
-                loss = model.loss(b["input_ids"], b["labels"], b["position_ids"], b["cu_seqlens"], b["max_seqlen"])
-                # mean over every target token of the step, however they fall into micro-batches
-                (loss * (count / total_targets)).backward()
+                loss = model.loss(input_ids=b.input_ids, labels=b.labels, position_ids=b.position_ids,
+                                  cu_seqlens=b.cu_seqlens, max_seqlen=b.max_seqlen)
+                # mean over every target token of the step, however they fall into micro-batches and ranks
+                (loss * b.weight).backward()
             except torch.cuda.OutOfMemoryError as e:
                 raise TrainError(
                     f"CUDA out of memory at micro-batch size {cfg.micro_batch_size} x max sequence length "
                     f"{cfg.max_seq_len}: add --activation-checkpointing or lower --micro-batch-size/--max-seq-len"
                 ) from e
-            loss_sum += loss.item() * count / total_targets
+            loss_sum += loss.item() * b.weight
         loss_sum, tokens = all_reduce_sum([loss_sum, tokens], mesh, device)
         if not math.isfinite(loss_sum):
             ckpts = list_checkpoints(out)
@@ -233,8 +225,6 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    from coalm.data import DataError
-
     try:
         cfg = parse_config(argv)
         last = train(cfg)

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from coalm.data.formats import row_format
-from coalm.data.rows import DataError, load_rows, save_rows
+from engine.data.rows import DataError, load_rows, save_rows
 
 from .recipe import AGENT_SYNTH_ROWS, AGENT_WEIGHTS, SOURCE_FOLDERS, build
 
@@ -61,7 +61,7 @@ def cmd_build(a) -> int:
 
 
 def token_stats(rows: list[dict], tokenizer: str, max_seq_len: int) -> dict:
-    from coalm.data.render import render_rows
+    from engine.data.render import render_rows
     from engine.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from coalm.data.rows import save_rows
+from engine.data.rows import save_rows
 
 # LoRA on all linear layers (engine.train's defaults: rank 16, alpha 32), a higher rate than the 8B recipe's 1e-4
 # because a 135M model with a few hundred steps needs it (the demo's experience), rows cut at 1024 tokens.

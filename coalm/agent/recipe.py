@@ -22,8 +22,8 @@ from coalm.data.builders import build_sgd_cra, build_sgd_la, build_snips_dst
 from coalm.data.contamination import ContaminationIndex, collect_queries
 from coalm.data.formats import row_format
 from coalm.data.mix import mix
-from coalm.data.rows import DataError
 from coalm.data.synth import generate_la
+from engine.data.rows import DataError
 
 from .sgd_dst import build_sgd_dst
 

@@ -1,13 +1,14 @@
 """`python -m coalm.data`: build, inspect and sample CoALM-IT data.
 
     python -m coalm.data build --sources snips,sgd,sample --out data/coalm_it.jsonl [--weights sgd=0.5] [--val-frac 0.02]
-    python -m coalm.data stats data/coalm_it.jsonl [--tokenizer smollm2-135m] [--max-seq-len 2048]
+    python -m coalm.data stats data/coalm_it.jsonl [--tokenizer smollm2-135m] [--max-seq-len 1024]
     python -m coalm.data show sample --n 3
-    python -m coalm.data sample --out coalm/data/sample/coalm_it_sample.jsonl [--seed 0]
+    python -m coalm.data sample --out engine/data/sample/train.jsonl [--seed 0]
     python -m coalm.data download
     python -m coalm.data download coalm-it         # uiuc-convai/CoALM-IT through the HF cache
 
-FILE arguments accept "sample" and "sample-eval" for the embedded sample. `build` always runs the contamination
+FILE arguments accept "sample" and "sample-eval" for the embedded sample. `stats` reports one epoch of the
+trainer's own micro-batches (`engine.data.StepBatches`, with engine.train's batch-size and length defaults). `build` always runs the contamination
 check against the benchmark test sets under the data root and drops overlapping rows (`--no-decontaminate` skips
 it, e.g. on a machine without the test sets). User errors print one line and exit 2.
 """
@@ -23,15 +24,13 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from coalm.paths import data_root
+from engine.data import IGNORE, DataError, StepBatches, load, render_rows, save_rows
+from engine.train_config import TrainConfig
 
-from . import load
 from .builders import BUILDERS
 from .contamination import ContaminationIndex
 from .formats import row_format
 from .mix import mix
-from .pack import pack
-from .render import IGNORE, render_rows
-from .rows import DataError, save_rows
 from .sample import SAMPLE_EVAL_FILE, generate_sample, load_sample
 
 SOURCES = (*BUILDERS, "sample")
@@ -64,7 +63,7 @@ def cmd_build(a) -> int:
     root = data_root(a.data_root)
     sources = {n: (load_sample("train") if n == "sample" else BUILDERS[n](root, seed=a.seed)) for n in names}
     if not a.no_decontaminate:
-        index = ContaminationIndex.from_data_root(root)
+        index = ContaminationIndex.from_providers(root)
         for n in names:
             sources[n], dropped = index.filter(sources[n])
             if dropped:
@@ -106,17 +105,23 @@ def _pct(xs: list[int], q: float) -> int:
 def cmd_stats(a) -> int:
     rows = _read(a)
     tok = _load_tok(a.tokenizer)
-    rendered, rstats = render_rows(rows, tok, max_len=a.max_seq_len)
-    lengths = [len(x) for x, _ in rendered]
-    _, pstats = pack(rendered, a.max_seq_len, seed=None)
+    batches = StepBatches.from_rows(rows, tok, a.max_seq_len, a.global_batch_size, a.micro_batch_size, seed=a.seed)
+    lengths = [len(x) for x, _ in batches.rendered]
+    sizes = [b.num_tokens for s in range(batches.steps_per_epoch) for b in batches.step(s)]
     out = {
         "rows": len(rows),
         "formats": dict(Counter(row_format(r) for r in rows)),
         "tokenizer": tok.name,
-        "tokens": {f"p{int(q * 100)}": _pct(lengths, q) for q in (0.5, 0.9, 0.99, 1.0)} if lengths else {},
-        "truncated": rstats.truncated,
-        "dropped_too_long": rstats.dropped,
-        "packing": pstats,
+        "tokens": {f"p{int(q * 100)}": _pct(lengths, q) for q in (0.5, 0.9, 0.99, 1.0)},
+        "truncated": batches.render_stats.truncated,
+        "dropped_too_long": batches.render_stats.dropped,
+        # one epoch as engine.train runs it (one process): each micro-batch is one packed, padding-free row
+        "micro_batches": {
+            "global_batch_size": a.global_batch_size, "micro_batch_size": a.micro_batch_size,
+            "steps_per_epoch": batches.steps_per_epoch, "per_epoch": len(sizes),
+            "tokens": {"min": min(sizes), "mean": round(sum(sizes) / len(sizes), 1), "max": max(sizes)},
+            "target_tokens": sum(b.n_targets for s in range(batches.steps_per_epoch) for b in batches.step(s)),
+        },
     }
     print(json.dumps(out, indent=1))
     return 0
@@ -204,14 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--data-root")
     b.add_argument("--no-decontaminate", action="store_true")
-    for name, helptext in (("stats", "rows per format, token lengths, packing"), ("show", "rendered rows")):
+    train = TrainConfig()  # the trainer's defaults, so that stats and show describe what it would run
+    for name, helptext in (("stats", "rows per format, token lengths, the trainer's micro-batches"),
+                           ("show", "rendered rows")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("file", help=".jsonl, .parquet, sample or sample-eval")
         s.add_argument("--tokenizer", default="smollm2-135m", help="llama3, smollm2-135m, or a path")
-        s.add_argument("--max-seq-len", type=int, default=2048)
+        s.add_argument("--max-seq-len", type=int, default=train.max_seq_len)
         s.add_argument("--skip-invalid", action="store_true")
         if name == "show":
             s.add_argument("--n", type=int, default=3)
+        else:
+            s.add_argument("--global-batch-size", type=int, default=train.global_batch_size)
+            s.add_argument("--micro-batch-size", type=int, default=train.micro_batch_size)
+            s.add_argument("--seed", type=int, default=train.seed, help="seed of the data order")
     s = sub.add_parser("sample", help="write the embedded sample (train + eval)")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)

@@ -22,8 +22,9 @@ import json
 import random
 from pathlib import Path
 
+from engine.data.rows import DataError
+
 from . import formats as F
-from .rows import DataError
 
 SNIPS_INTENTS = (
     "AddToPlaylist", "BookRestaurant", "GetWeather", "PlayMusic", "RateBook", "SearchCreativeWork",

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from .rows import DataError
+from engine.data.rows import DataError
 
 _WORD = re.compile(r"[a-z0-9]+")
 ENTRY_POINT_GROUP = "coalm.test_queries"
@@ -81,8 +81,6 @@ class ContaminationIndex:
         if not queries:
             raise DataError(f"no benchmark test sets under {root} ({', '.join(sorted(providers))}) to check against")
         return cls(queries, **kw)
-
-    from_data_root = from_providers  # the name `python -m coalm.data build` calls
 
     def check_text(self, text: str) -> str | None:
         w = normalise(text)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 
-from .rows import DataError
+from engine.data.rows import DataError
 
 
 def row_key(row: dict) -> tuple[str, str, str]:

@@ -1,10 +1,12 @@
 """The embedded CoALM-IT sample: a few hundred rows over five made-up services, written by this module.
 
-    python -m coalm.data sample --out coalm/data/sample/coalm_it_sample.jsonl
+    python -m coalm.data sample --out engine/data/sample/train.jsonl
 
-writes the train part there and the held-out eval part beside it (`coalm_it_sample_eval.jsonl`). Generation is
-deterministic for a seed. The sample is the default training data (`--data sample`); `--data sample-eval` is what
-the demo scores before and after fine-tuning (`python -m coalm.eval --bench sample`, coalm/eval/sample.py).
+writes the train part there and the held-out eval part beside it (`eval.jsonl`). The files ship with the engine
+(`engine/data/sample/`), which knows them only as Alpaca rows, so that `python -m engine.train` runs with no data
+of one's own. Generation is deterministic for a seed. The sample is the default training data (`--data sample`);
+`--data sample-eval` is what the demo scores before and after fine-tuning (`python -m coalm.eval --bench sample`,
+coalm/eval/sample.py).
 
 What it teaches, so that a 135M model fine-tuned for minutes on a CPU shows a measurable change: one fixed
 instruction per format, short tool lists, and outputs whose exact form is checkable (a JSON list of calls, a DST
@@ -17,14 +19,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
+
+from engine.data.rows import SAMPLES, DataError, load
 
 from . import formats as F
-from .rows import DataError, load_rows
 
-SAMPLE_FILE = "coalm_it_sample.jsonl"
-SAMPLE_EVAL_FILE = "coalm_it_sample_eval.jsonl"
+SAMPLE_EVAL_FILE = SAMPLES["sample-eval"]  # written beside the train part by `python -m coalm.data sample`
 TRAIN_COUNTS = {"la": 120, "dst": 80, "cra_action": 70, "cra_response": 70}
 EVAL_COUNTS = {"la": 16, "dst": 16, "cra_action": 16, "cra_response": 16}
 
@@ -263,17 +263,9 @@ def generate_sample(seed: int = 0, train_counts: dict | None = None,
     return out["train"], out["eval"]
 
 
-def _sample_dir() -> Path:
-    return Path(str(resources.files("coalm.data") / "sample"))
-
-
 def load_sample(split: str = "train") -> list[dict]:
     """The committed sample rows (`split`: train or eval)."""
-    files = {"train": SAMPLE_FILE, "eval": SAMPLE_EVAL_FILE}
-    if split not in files:
-        raise DataError(f"sample split {split!r} unknown; valid: {sorted(files)}")
-    path = _sample_dir() / files[split]
-    if not path.is_file():
-        raise DataError(f"embedded sample missing at {path}; regenerate with "
-                        "`python -m coalm.data sample --out coalm/data/sample/coalm_it_sample.jsonl`")
-    return load_rows(path)
+    specs = {"train": "sample", "eval": "sample-eval"}
+    if split not in specs:
+        raise DataError(f"sample split {split!r} unknown; valid: {sorted(specs)}")
+    return load(specs[split])

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from coalm.data import formats as F
 from coalm.data import load_sample
-from coalm.data.render import messages
 from coalm.eval.base import EvalError, read_jsonl
+from engine.data.render import messages
 
 RESPONSES_SUFFIX = ".jsonl"
 

@@ -1,60 +1,69 @@
-"""Continuous batching: one background thread runs the model; requests join the running batch at the next step and
-leave it when they finish or are cancelled.
+"""Continuous batching with chunked prefill: the one decode loop of the engine (the server runs it on a background
+thread; `engine.serving.offline.generate_ids` steps it in the caller's thread).
 
-Each loop iteration: (1) admit waiting requests into free slots with one packed prefill (their first token comes
-from it); (2) one decode step for every running sequence; (3) drop finished and cancelled sequences, moving the
-last running slot into each hole so the running set stays 0..n-1 (see `runner.SlotCache`). Tokens are turned into
-text here (stop strings need the text), and each sequence's new text goes to its `on_event(delta, finish)` callback,
-which the server forwards to the request's asyncio queue. `finish` is None while running, then "stop", "length",
-or "error" (the message in `delta`).
+Each `step`: (1) admit waiting requests, first come first served, while a slot is free and the KV cache budget
+holds what the request reserves (prompt + max_tokens); a request that does not fit waits in the queue; (2) one
+packed forward: a decode token for every sequence whose prompt is in, plus prompt chunks of at most
+`max_prefill_tokens` in all, shortest remaining prompt first, so a short request is not stuck behind a long prompt
+and running requests keep streaming while it is prefilled (vLLM's chunked prefill); (3) sample a token for every
+sequence that reached the end of its prompt; (4) free the slots of finished and cancelled sequences.
 
-Sampling is per sequence (its own temperature, top-p and seeded generator), so a request's tokens do not depend on
-which other requests share its steps; greedy rows take one argmax for the whole batch.
+Isolation: sampling, stop checks and text decoding run per sequence; an exception there fails that sequence only
+(`Sequence.error` holds it; `RequestError` means bad input, 400; anything else, 500). A forward that raises fails
+the sequences it carried. Each sequence's new text goes to its `on_event(delta, finish)` callback; `finish` is None
+while running, then "stop", "length", or "error" (the message in `delta`).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
-from dataclasses import dataclass, field
 
 import torch
 
-from ..generation import _sample
+from ..structured.matcher import mask_logits
+from .sampling import Params, RequestError, bad_rows, new_generator, sample
 
+__all__ = ["Params", "RequestError", "Scheduler", "Sequence", "TextTracker"]
 log = logging.getLogger("engine.serve")
-
-
-@dataclass
-class Params:
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
+MAX_PREFILL_TOKENS = 256  # prompt tokens per step: bounds how much a long prompt delays the running streams
 
 
 class Sequence:
     """One request inside the scheduler."""
 
-    def __init__(self, prompt_ids: list[int], params: Params, on_event, prompt_text: str = ""):
-        self.prompt_ids, self.params, self.on_event, self.prompt_text = prompt_ids, params, on_event, prompt_text
+    def __init__(self, prompt_ids: list[int], params: Params, on_event=None, prompt_text: str = "", stop_check=None,
+                 matcher=None):
+        self.prompt_ids, self.params, self.prompt_text = list(prompt_ids), params, prompt_text
+        self.matcher = matcher  # engine.structured.Matcher: only tokens its grammar allows (None: unconstrained)
+        self.on_event = on_event or (lambda delta, finish: None)
+        self.stop_check = stop_check  # ids -> bool: ends the sequence (offline generation's stop strings)
         self.ids: list[int] = []
         self.text, self.sent = "", 0  # decoded text so far, and how much of it went out
         self.cancelled = False
         self.finish: str | None = None
+        self.error: BaseException | None = None
         self.generator = None
+        self.slot: int | None = None
+        self.done_prompt = 0  # prompt tokens already in the cache
+        self.next: int | None = None  # the sampled token the next decode step feeds in
 
     def emit(self, delta: str, finish: str | None = None):
         self.finish = finish
         if delta or finish:
             self.on_event(delta, finish)
 
+    def fail(self, e: BaseException):
+        if self.finish is None:
+            self.error = e
+            self.emit(f"{type(e).__name__}: {e}", "error")
+
 
 class TextTracker:
     """Token ids -> new text to send: holds back a possibly incomplete UTF-8 character and any tail that could
-    still become a stop string; finds stop strings."""
+    still become a stop string; finds stop strings. Without a tokenizer, only ids (offline `generate_ids`)."""
 
     def __init__(self, tokenizer):
         self.tok = tokenizer
@@ -65,6 +74,10 @@ class TextTracker:
         if is_stop_token:
             return self._finish(seq, seq.text, "stop")
         seq.ids.append(token)
+        if seq.stop_check is not None and seq.stop_check(seq.ids):
+            return self._finish(seq, seq.text, "stop")
+        if self.tok is None:
+            return self._finish(seq, "", "length") if len(seq.ids) >= p.max_tokens else None
         seq.text = self.tok.decode(seq.ids)
         for s in p.stop:
             i = seq.text.find(s, max(0, seq.sent - len(s)))
@@ -81,26 +94,30 @@ class TextTracker:
         return None
 
     def _finish(self, seq, text, reason):
+        seq.text = text
         seq.emit(text[seq.sent:], reason)
         seq.sent = len(text)
         return reason
 
 
 class Scheduler:
-    def __init__(self, runner, tokenizer, max_batch: int, max_prefill_tokens: int = 4096):
+    def __init__(self, runner, tokenizer, max_batch: int, max_prefill_tokens: int = MAX_PREFILL_TOKENS,
+                 stop_ids=None):
+        if max_batch < 1 or max_prefill_tokens < 1:
+            raise ValueError(f"max_batch and max_prefill_tokens must be >= 1, got {max_batch}, {max_prefill_tokens}")
         self.runner, self.tok, self.max_batch = runner, tokenizer, max_batch
         self.max_prefill_tokens = max_prefill_tokens
         self.text = TextTracker(tokenizer)
-        self.stop_ids = set(tokenizer.stop_ids)
+        self.stop_ids = set(tokenizer.stop_ids if stop_ids is None else stop_ids)
         self.waiting: queue.Queue[Sequence] = queue.Queue()
-        self.running: list[Sequence] = []  # running[i] occupies cache slot i
-        self.last: list[int] = []  # the token each running sequence feeds into the next step
-        self._held: Sequence | None = None  # taken from the queue but not admitted yet (prefill budget)
-        self._admitting: list[Sequence] = []
+        self._head: collections.deque[Sequence] = collections.deque()  # taken from the queue, not admitted yet
+        self.running: list[Sequence] = []
+        self._free = list(range(max_batch))[::-1]
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="engine-serve-scheduler", daemon=True)
         self.steps = 0
 
+    # ----------------------------------------------------------------------------------------------- public API
     def start(self):
         self.thread.start()
         return self
@@ -109,98 +126,155 @@ class Scheduler:
         self._stop.set()
         self.waiting.put(None)
         self.thread.join(timeout=10)
-        if hasattr(self.runner, "close"):  # tensor parallel: release the follower ranks
-            self.runner.close()
+        if hasattr(self.runner, "release_followers"):  # tensor parallel: let the other ranks return
+            self.runner.release_followers()
 
     def submit(self, seq: Sequence):
-        if seq.params.seed is not None:
-            seq.generator = torch.Generator(device=self.runner.device).manual_seed(seq.params.seed)
+        """Queue a sequence; a request that can never run raises RequestError here, in the caller's thread."""
+        cache = self.runner.cache
+        n, vocab = len(seq.prompt_ids), self.runner.model.args.vocab_size
+        if n == 0:
+            raise RequestError("the prompt is empty")
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in seq.prompt_ids):
+            raise RequestError(f"prompt token ids must be integers in [0, {vocab})")
+        reserve = n + seq.params.max_tokens
+        if reserve > cache.max_len:
+            raise RequestError(f"the prompt is {n} tokens and max_tokens is {seq.params.max_tokens}, which exceeds "
+                               f"the context of {cache.max_len} tokens")
+        if cache.need_bytes(reserve) > cache.budget:
+            raise RequestError(f"the prompt ({n} tokens) + max_tokens ({seq.params.max_tokens}) need "
+                               f"{cache.need_bytes(reserve) / 2**20:.0f} MiB of KV cache, more than the budget of "
+                               f"{cache.budget / 2**20:.0f} MiB (--kv-cache-memory)")
+        seq.generator = new_generator(seq.params, self.runner.device)
         self.waiting.put(seq)
 
     def cancel(self, seq: Sequence):
         seq.cancelled = True  # read by the scheduler thread at its next step
 
     def stats(self) -> dict:
-        return {"running": len(self.running), "waiting": self.waiting.qsize() + (self._held is not None),
-                "slots": self.max_batch, "decode_steps": self.steps}
+        c = self.runner.cache
+        return {"running": len(self.running), "waiting": self.waiting.qsize() + len(self._head),
+                "slots": self.max_batch, "decode_steps": self.steps, "kv_cache_reserved_bytes": c.used_bytes(),
+                "kv_cache_budget_bytes": c.budget}
 
+    def idle(self) -> bool:
+        return not self.running and not self._head and self.waiting.empty()
+
+    # ------------------------------------------------------------------------------------------------ the loop
     def _loop(self):
         while not self._stop.is_set():
             try:
-                self._admit(block=not self.running)
-                self._reap()  # a sequence can end on its first token
-                if self.running:
-                    self._decode()
-                self._reap()
-            except Exception as e:  # a failed step fails its sequences, not the server
+                self.step(block=True)
+            except Exception:  # never reached by a request's own failure (step isolates those): keep serving
                 log.exception("scheduler step failed")
-                for s in self.running + self._admitting:
-                    if s.finish is None:
-                        s.emit(f"{type(e).__name__}: {e}", "error")
-                self.running, self.last, self._admitting = [], [], []
-                self.runner.reset()
+
+    def step(self, block: bool = False):
+        """Admit, run one forward, sample, reap. With `block`, wait (briefly) for work when there is none."""
+        self._admit(block and not self.running)
+        self._reap()
+        if not self.running:
+            if block:
+                self.runner.reset()  # idle (nothing admitted): also keeps tensor-parallel followers' collectives alive
+            return
+        segs, owners = self._plan()
+        try:
+            logits = self.runner.forward(segs)
+        except Exception as e:  # the forward carried these sequences: they fail, the others wait their turn
+            log.exception("forward failed")
+            for s in owners:
+                s.fail(e)
+            self._reap()
+            return
+        self.steps += 1
+        ready = [(i, s) for i, s in enumerate(owners) if s.done_prompt == len(s.prompt_ids)]
+        if ready:
+            rows = torch.tensor([i for i, _ in ready], device=logits.device)
+            self._sample(logits.index_select(0, rows), [s for _, s in ready])
+        self._reap()
 
     def _take(self, block: bool) -> Sequence | None:
-        if self._held is not None:
-            s, self._held = self._held, None
-            return s
+        if self._head:
+            return self._head[0]
         try:
-            return self.waiting.get(block=block, timeout=0.5 if block else None)
+            s = self.waiting.get(block=block, timeout=0.5 if block else None)
         except queue.Empty:
             return None
+        if s is not None:
+            self._head.append(s)
+        return s
 
     def _admit(self, block: bool):
-        new, budget = [], self.max_prefill_tokens
-        while len(self.running) + len(new) < self.max_batch:
-            s = self._take(block and not new)
+        cache = self.runner.cache
+        while self._free:
+            s = self._take(block)
+            block = False
             if s is None:
                 break
             if s.cancelled:
+                self._head.popleft()
                 continue
-            if new and len(s.prompt_ids) > budget:
-                self._held = s  # next step: one long prefill must not stall the running batch forever
+            reserve = len(s.prompt_ids) + s.params.max_tokens
+            if not cache.fits(reserve):
+                break  # first come, first served: it waits until running sequences free their reservations
+            self._head.popleft()
+            s.slot = self._free.pop()
+            try:
+                self.runner.open(s.slot, len(s.prompt_ids), reserve)
+            except Exception as e:  # noqa: BLE001 - this request fails alone (its cache could not be allocated)
+                s.fail(e)
+                self.runner.close(s.slot)
+                self._free.append(s.slot)
+                continue
+            self.running.append(s)
+
+    def _plan(self):
+        """This step's segments: every decode, then prompt chunks, shortest remaining prompt first."""
+        segs, owners = [], []
+        for s in self.running:
+            if s.done_prompt == len(s.prompt_ids) and s.next is not None:
+                pos = len(s.prompt_ids) + len(s.ids) - 1  # the sampled token goes after the prompt and the others
+                segs.append((s.slot, [s.next], pos))
+                owners.append(s)
+        budget = self.max_prefill_tokens
+        for s in sorted((s for s in self.running if s.done_prompt < len(s.prompt_ids)),
+                        key=lambda s: len(s.prompt_ids) - s.done_prompt):
+            if budget <= 0:
                 break
-            new.append(s)
-            budget -= len(s.prompt_ids)
-        if not new:
-            if not self.running:
-                self.runner.reset()  # idle: give back cache memory grown for long sequences
-            return
-        slots = list(range(len(self.running), len(self.running) + len(new)))
-        self._admitting = new  # failed together if the prefill raises
-        logits = self.runner.prefill([s.prompt_ids for s in new], slots)
-        self.running += new
-        self._admitting = []
-        self.last += self._sample(logits, new)
-        self._push(slots, new)
+            chunk = s.prompt_ids[s.done_prompt:s.done_prompt + budget]
+            segs.append((s.slot, chunk, s.done_prompt))
+            owners.append(s)
+            s.done_prompt += len(chunk)
+            budget -= len(chunk)
+        return segs, owners
 
-    def _decode(self):
-        logits = self.runner.decode(self.last)
-        self.steps += 1
-        self.last = self._sample(logits, self.running)
-        self._push(range(len(self.running)), self.running)
-
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]):
+        matchers = [s.matcher if s.finish is None and not s.cancelled else None for s in seqs]
+        if any(m is not None for m in matchers):  # grammar rows get -inf on every token they forbid; others untouched
+            mask_logits(logits, matchers)
         greedy = logits.argmax(-1).tolist()  # one device sync for every greedy row
-        return [g if s.params.temperature <= 0 else
-                int(_sample(logits[i:i + 1], s.params.temperature, s.params.top_p, s.generator)[0])
-                for i, (g, s) in enumerate(zip(greedy, seqs))]
-
-    def _push(self, slots, seqs):
-        for i, s in zip(slots, seqs):
-            if not s.cancelled and s.finish is None:
-                self.text.push(s, self.last[i], self.last[i] in self.stop_ids)
+        bad = bad_rows(logits)
+        for i, s in enumerate(seqs):
+            try:
+                if s.cancelled or s.finish is not None:
+                    continue
+                tok = greedy[i] if s.params.greedy and not bad[i] else sample(logits[i], s.params, s.generator)
+                s.next = tok
+                stop = tok in self.stop_ids
+                if matchers[i] is not None and not stop and not matchers[i].accept(tok):
+                    stop = True  # the grammar admitted nothing (its row allowed only an end token): end with the text
+                self.text.push(s, tok, stop)
+                if matchers[i] is not None and s.finish is None and matchers[i].is_terminated:
+                    self.text.push(s, tok, True)  # the grammar is complete: only an end token could follow
+            except Exception as e:  # noqa: BLE001 - whatever it is, it fails this sequence only
+                log.warning("sequence failed: %s: %s", type(e).__name__, e)
+                s.fail(e)
 
     def _reap(self):
-        i = 0
-        while i < len(self.running):
-            s = self.running[i]
+        keep = []
+        for s in self.running:
             if s.finish is None and not s.cancelled:
-                i += 1
+                keep.append(s)
                 continue
-            last = len(self.running) - 1
-            if i != last:  # keep the running slots contiguous: the last one fills the hole
-                self.runner.move(last, i)
-                self.running[i], self.last[i] = self.running[last], self.last[last]
-            self.running.pop()
-            self.last.pop()
+            self.runner.close(s.slot)
+            self._free.append(s.slot)
+        self.running = keep

@@ -1,9 +1,10 @@
 """Tensor-parallel serving: rank 0 runs the HTTP server and the scheduler; every other rank replays its model calls.
 
-Each `Runner` call (prefill, decode, move, reset) is broadcast from rank 0 before rank 0 runs it, so all ranks run
-the same forwards in the same order and the collectives inside the tensor-parallel model line up. The logits are
-complete on every rank (the parallel model gathers them); only rank 0 samples. When idle, the scheduler's loop calls
-`reset` about twice a second, which keeps the followers' collectives well inside the process group's timeout.
+Each `Runner` call (forward, open, close, reset) is broadcast from rank 0 before rank 0 runs it, so all ranks run
+the same forwards in the same order and the collectives inside the tensor-parallel model line up; each rank keeps
+its own KV cache of its local heads. The logits are complete on every rank (the parallel model gathers them); only
+rank 0 samples. When idle, the scheduler's loop calls `reset` about twice a second, which keeps the followers'
+collectives well inside the process group's timeout.
 """
 
 from __future__ import annotations
@@ -14,24 +15,25 @@ import torch.distributed as dist
 class LeadRunner:
     def __init__(self, runner):
         self.runner, self.device = runner, runner.device
+        self.model, self.cache = runner.model, runner.cache  # read by the scheduler (vocab, budget); never mutated
 
     def _call(self, name: str, *args):
         dist.broadcast_object_list([(name, args)], src=0)
         return getattr(self.runner, name)(*args)
 
-    def prefill(self, prompts, slots):
-        return self._call("prefill", prompts, slots)
+    def forward(self, segments):
+        return self._call("forward", segments)
 
-    def decode(self, tokens):
-        return self._call("decode", tokens)
+    def open(self, slot, prompt_len, reserve):
+        return self._call("open", slot, prompt_len, reserve)
 
-    def move(self, src, dst):
-        return self._call("move", src, dst)
+    def close(self, slot):
+        return self._call("close", slot)
 
     def reset(self):
         return self._call("reset")
 
-    def close(self):
+    def release_followers(self):
         dist.broadcast_object_list([("stop", ())], src=0)
 
 

@@ -128,5 +128,5 @@ def test_sample_committed_deterministic_and_disjoint():
     assert {r["input"] for r in train}.isdisjoint(r["input"] for r in evals)
     for r in train + evals:
         assert validate_row(r) is None and F.row_format(r) == r["meta"]["format"]
-    sample_dir = Path(__file__).resolve().parents[2] / "coalm/data/sample"
-    assert sorted(p.name for p in sample_dir.iterdir()) == ["coalm_it_sample.jsonl", "coalm_it_sample_eval.jsonl"]
+    sample_dir = Path(__file__).resolve().parents[2] / "engine/data/sample"
+    assert sorted(p.name for p in sample_dir.iterdir()) == ["eval.jsonl", "train.jsonl"]

@@ -60,7 +60,7 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize(("package", "forbidden", "allowed_files"), [
     ("coalm_kernels", ("engine", "coalm"), ()),
-    ("engine", ("coalm",), ("engine/train.py",)),
+    ("engine", ("coalm",), ()),  # including imports inside functions (ast.walk sees them)
     ("coalm/data", ("coalm.eval", "coalm.demo", "coalm.agent"), ()),
 ])
 def test_layer_order(package, forbidden, allowed_files):

@@ -11,8 +11,8 @@ import torch
 import engine
 from engine.export import ExportError, export_hf, prepare_dir
 from engine.export_gguf import export_gguf
-from engine.generation import generate_ids
 from engine.lora import apply_lora, lora_modules, merge_lora
+from engine.serving.offline import generate_ids
 
 transformers = pytest.importorskip("transformers")
 MESSAGES = [{"role": "system", "content": "Answer with a JSON list of calls."},

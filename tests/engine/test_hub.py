@@ -59,7 +59,7 @@ def test_missing_id_offline_is_one_line(hub_cache, capsys):
     with pytest.raises(HubError, match=r"acme/absent: no such local directory, and not in .*HF_HUB_OFFLINE is set.*"
                                        r"`hf download acme/absent`"):
         resolve_source("acme/absent")
-    from engine.generation import main
+    from engine.serving.offline import main
 
     assert main(["--model", "runs/absent/model", "--prompt", "hi"]) == 2
     err = capsys.readouterr().err

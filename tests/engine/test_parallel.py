@@ -17,13 +17,13 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import WordLevel
 
 import engine
+from coalm_kernels.nf4 import quantize_nf4
 from engine.config import get_config
-from engine.generation import generate_ids
 from engine.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_modules, lora_state_dict, save_adapter
 from engine.model import build_model
 from engine.parallel.tp import check_tp
+from engine.serving.offline import generate_ids
 from engine.weights import save_hf
-from coalm_kernels.nf4 import quantize_nf4
 from tests.engine.dist_launch import run_torchrun
 
 ROOT = Path(__file__).resolve().parents[2]

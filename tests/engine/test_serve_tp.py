@@ -28,7 +28,8 @@ def test_tp2_server_equals_single_process(tmp_path):
     want = [engine.generate(ours, tok, [{"role": "user", "content": q}], max_new_tokens=10) for q in questions]
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    with launch.server(["--model", ckpt, "--tp", "2", "--served-model-name", "dbg"], launcher=TORCHRUN, env=env,
+    args = ["--model", ckpt, "--tp", "2", "--served-model-name", "dbg", "--dtype", "fp32"]  # fp32 as `ours` above
+    with launch.server(args, launcher=TORCHRUN, env=env,
                        log_dir=str(tmp_path)) as srv:
         client = openai.OpenAI(base_url=srv.base_url, api_key="-", max_retries=0)
 

@@ -50,7 +50,7 @@ def test_batched_rows_match(smol, smol_hf):
 
 
 def test_greedy_tokens_match(smol, smol_hf):
-    from engine.generation import generate_ids
+    from engine.serving.offline import generate_ids
 
     model, tok = smol
     hf, _ = smol_hf

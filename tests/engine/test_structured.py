@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import engine
-from engine.generation import generate, generate_ids
+from engine.serving.offline import generate, generate_ids
 from engine.structured import GrammarCompiler, GrammarError, json_grammar, mask_logits, tool_grammar
 
 BASE_SEED = int.from_bytes(os.urandom(4), "little")  # fresh each run; printed in every failure message

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import engine
-from engine.generation import generate_ids
+from engine.serving.offline import generate_ids
 from engine.weights import WeightsError
 
 transformers = pytest.importorskip("transformers")

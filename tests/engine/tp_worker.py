@@ -15,13 +15,13 @@ import torch
 import torch.distributed as dist
 
 import engine
-from engine.parallel.data_parallel import reduce_gradients
-from engine.generation import generate_ids
+from coalm_kernels.nf4 import dequantize_nf4
 from engine.lora import lora_modules
+from engine.parallel.data_parallel import reduce_gradients
 from engine.parallel.mesh import init_mesh
 from engine.parallel.tp import apply_lora_parallel, gather_lora_state_dict, save_adapter_parallel, split_dim
 from engine.parallel.tp_layers import vocab_parallel_cross_entropy
-from coalm_kernels.nf4 import dequantize_nf4
+from engine.serving.offline import generate_ids
 
 
 def inputs():

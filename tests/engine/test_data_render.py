@@ -1,12 +1,12 @@
-"""Chat rendering (loss mask, truncation) with the engine's real tokenizers, and padding-free packing."""
+"""engine.data.render: the chat rendering's loss mask and truncation, with the engine's real tokenizers, checked
+against the template's own rendering of the whole conversation."""
 
 import random
 
 import pytest
-import torch
 
-from coalm.data import IGNORE, build_batches, load_sample, pack, pack_buckets, render_row, render_rows
-from coalm.data.render import RenderStats, messages
+from engine.data import IGNORE, load, render_row, render_rows
+from engine.data.render import RenderStats, messages
 from engine.tokenizer import load_tokenizer
 
 
@@ -17,7 +17,7 @@ def tok(request):
 
 @pytest.fixture(scope="module")
 def rows():
-    r = load_sample("train")
+    r = load("sample")
     by = {}
     for x in r:  # a few rows of every format
         by.setdefault(x["meta"]["format"], []).append(x)
@@ -80,56 +80,3 @@ def test_render_rows_counts_drops(tok, rows):
     out, stats = render_rows(rows + [long], tok, max_len=256)
     assert len(out) + stats.dropped == len(rows) + 1 and "too-long" in stats.dropped_ids
     assert all(len(x) <= 256 for x, _ in out)
-
-
-def _fake_rendered(rng, n, max_len):
-    out = []
-    for _ in range(n):
-        L = rng.randint(1, max_len)
-        k = rng.randint(0, L - 1)
-        ids = [rng.randrange(1000) for _ in range(L)]
-        out.append((ids, [IGNORE] * k + ids[k:]))
-    return out
-
-
-@pytest.mark.parametrize("n, max_len", [(1, 7), (57, 97), (300, 128), (40, 1000)])
-def test_pack_never_splits_or_drops(n, max_len):
-    rng = random.Random(n * 7919 + max_len)
-    rendered = _fake_rendered(rng, n, max_len)
-    batches, stats = pack(rendered, max_len, seed=n)
-    seen = []
-    for b in batches:
-        ids, labels, pos, cu = b["input_ids"], b["labels"], b["position_ids"], b["cu_seqlens"]
-        assert ids.shape == labels.shape == pos.shape == (1, cu[-1].item()) and ids.dtype == torch.long
-        assert cu.dtype == torch.int32 and cu[0] == 0 and len(cu) == len(b["row_index"]) + 1
-        assert ids.shape[1] <= max_len
-        lens = (cu[1:] - cu[:-1]).tolist()
-        assert b["max_seqlen"] == max(lens)
-        for j, i in enumerate(b["row_index"]):
-            s, e = cu[j].item(), cu[j + 1].item()
-            assert ids[0, s:e].tolist() == rendered[i][0] and labels[0, s:e].tolist() == rendered[i][1]
-            assert pos[0, s:e].tolist() == list(range(e - s))
-        seen += b["row_index"]
-    assert sorted(seen) == list(range(n))
-    total = sum(len(x) for x, _ in rendered)
-    assert stats["tokens"] == total and stats["buckets"] == len(batches)
-    assert stats["efficiency"] == pytest.approx(total / (len(batches) * max_len))
-    # first-fit decreasing: no two buckets could have been merged
-    fill = sorted(b["input_ids"].shape[1] for b in batches)
-    assert len(fill) < 2 or fill[0] + fill[1] > max_len
-
-
-def test_pack_rejects_overlong_and_mismatched():
-    with pytest.raises(ValueError, match="row 1 has 9 tokens > max_seq_len=8"):
-        pack_buckets([3, 9], 8)
-    with pytest.raises(ValueError, match="input ids but"):
-        pack([([1, 2], [1])], 8)
-
-
-def test_build_batches_end_to_end(tok, rows):
-    batches, stats = build_batches(rows, tok, max_seq_len=1024)
-    assert stats["input_rows"] == len(rows) == stats["rows"] + stats["dropped"]
-    n_target = sum(sum(y != IGNORE for y in render_row(r, tok)[1]) for r in rows)
-    assert sum((b["labels"] != IGNORE).sum().item() for b in batches) == n_target == stats["target_tokens"]
-    for b in batches:  # the first token of every row is a prompt token, so shifted loss never crosses rows
-        assert (b["labels"][0, b["cu_seqlens"][:-1].long()] == IGNORE).all()

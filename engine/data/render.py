@@ -1,4 +1,4 @@
-"""Chat rendering: a CoALM-IT row -> token ids and labels, loss only on the assistant's output and end-of-turn.
+"""Chat rendering: an Alpaca row -> token ids and labels, loss only on the assistant's output and end-of-turn.
 
     messages    = [system: instruction, user: input]          (assistant: output is the target)
     prompt_ids  = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True), bos=False)
@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-IGNORE = -100
+from .pack import IGNORE
+
 # Placeholders with surrounding whitespace: a template that trims or rewrites content will not keep them verbatim,
 # and then the per-row template rendering is used instead of the (faster) concatenation of the cached parts.
 _S, _U = " \n\x00SYSTEM\x00 \n", " \n\x00USER\x00 \n"

@@ -1,8 +1,12 @@
-"""CoALM-IT rows on disk: load and save parquet / JSONL with the Alpaca columns `instruction`, `input`, `output`.
+"""Alpaca rows on disk: load and save parquet / JSONL with the columns `instruction`, `input`, `output`.
 
-A row is `{"instruction": str, "input": str, "output": str}`, optionally with a `meta` dict (format, source, ids;
-filled by our builders, absent in the released CoALM-IT parquet). Parquet files we write store `meta` as a JSON
-string column; the loader accepts it either way. Any other column is an error.
+A row is `{"instruction": str, "input": str, "output": str}`, optionally with a `meta` dict (format, source, ids:
+whatever the program that built the rows records). Parquet files we write store `meta` as a JSON string column; the
+loader accepts it either way. Any other column is an error.
+
+A data spec (`--data`) is a .jsonl / .parquet path, or "sample" / "sample-eval": the small embedded data set in
+`engine/data/sample/` (train and held-out parts; written by `python -m coalm.data sample`), so that
+`python -m engine.train` runs with no data of one's own.
 
 Invalid rows (a missing or non-string field, an empty output) raise `DataError` naming the file and the 1-based row
 number; with `skip_invalid=True` they are dropped and counted per reason in the `report` dict the caller passes.
@@ -17,6 +21,8 @@ from pathlib import Path
 
 COLUMNS = ("instruction", "input", "output")
 OPTIONAL = ("meta",)
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+SAMPLES = {"sample": "train.jsonl", "sample-eval": "eval.jsonl"}  # data spec -> file in SAMPLE_DIR
 
 
 class DataError(Exception):
@@ -24,7 +30,7 @@ class DataError(Exception):
 
 
 def validate_row(row) -> str | None:
-    """The reason a row is invalid, or None when it is a valid CoALM-IT row."""
+    """The reason a row is invalid, or None when it is a valid row."""
     if not isinstance(row, dict):
         return f"not an object ({type(row).__name__})"
     for k in COLUMNS:
@@ -86,7 +92,7 @@ def _records(path: Path):
 
 
 def load_rows(path: str | os.PathLike, skip_invalid: bool = False, report: dict | None = None) -> list[dict]:
-    """Read CoALM-IT rows from `.jsonl` or `.parquet`.
+    """Read Alpaca rows from `.jsonl` or `.parquet`.
 
     Raises DataError at the first invalid row (file and row number in the message) unless `skip_invalid`; then the
     invalid rows are dropped and `report` (when given) receives {"skipped": n, "reasons": {reason: count}}.
@@ -149,3 +155,37 @@ def split_rows(rows: list[dict], val_frac: float, seed: int = 0) -> tuple[list[d
     random.Random(seed).shuffle(order)
     held = set(order[:n_val])
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+
+
+def load(spec: str | os.PathLike, skip_invalid: bool = False, report: dict | None = None) -> list[dict]:
+    """Rows from a data spec: "sample" (the embedded train part), "sample-eval", or a .jsonl / .parquet file."""
+    if str(spec) in SAMPLES:
+        path = SAMPLE_DIR / SAMPLES[str(spec)]
+        if not path.is_file():
+            raise DataError(f"embedded sample missing at {path}; regenerate it with `python -m coalm.data sample "
+                            f"--out {SAMPLE_DIR / SAMPLES['sample']}`")
+        return load_rows(path)
+    return load_rows(spec, skip_invalid=skip_invalid, report=report)
+
+
+def load_train_val(specs: list[str], val_data: str | None = None, val_frac: float = 0.0, seed: int = 0,
+                   skip_invalid: bool = False, log=print) -> tuple[list[dict], list[dict]]:
+    """(training rows, validation rows) from data specs: `val_data` read as its own file, or a seeded `val_frac`
+    of the training rows held out (refused when either side would be empty); no validation rows otherwise."""
+    def read(spec_list):
+        rows = []
+        for spec in spec_list:
+            report: dict = {}
+            rows += load(spec, skip_invalid=skip_invalid, report=report)
+            if report.get("skipped"):
+                log(f"{spec}: skipped {report['skipped']} invalid rows: {report.get('reasons', {})}")
+        if not rows:
+            raise DataError(f"no valid rows in {', '.join(map(str, spec_list))}")
+        return rows
+
+    rows = read(specs)
+    if val_data:
+        return rows, read([val_data])
+    if val_frac:
+        return split_rows(rows, val_frac, seed)
+    return rows, []

@@ -3,7 +3,7 @@
 The key is a SHA-256 over the rows' contents (what the data files yielded after validation and any split), the
 tokenizer (its serialized vocabulary where the backend has one, chat template, special tokens, and the ids of a
 probe text) and `max_len`. Entries are `.npz` files (ids, labels and row lengths as int32 arrays, read with
-allow_pickle=False) plus a small JSON of the render statistics, under `coalm.paths.cache_dir() / "rendered"`.
+allow_pickle=False) plus a small JSON of the render statistics, under `cache_dir() / "rendered"`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from .render import RenderStats, render_rows
+
+
+def cache_dir() -> Path:
+    """$COALM_CACHE, else $XDG_CACHE_HOME/coalm, else ~/.cache/coalm (the project's cache folder)."""
+    if os.environ.get("COALM_CACHE"):
+        return Path(os.environ["COALM_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "coalm"
+
 
 _PROBE = "Héllo wörld 123 — {\"name\": \"f\", \"arguments\": {}}\n\tAction: g(a='1')  ok?"
 _CHUNK = 2000
