@@ -5,8 +5,10 @@ fine-tune `out/model/`, a self-contained HF folder with tokenizer and generation
 Adapters name their base model so that other tools find it: a Hub id, or an absolute path (`engine.hub.portable_name`).
 `--adapter runs/x/checkpoints/step-200/adapter` works in generate, eval, merge and PEFT.
 
-Writes are atomic per checkpoint: every rank writes into step-N.tmp, rank 0 renames it to step-N, so a run killed
-mid-write leaves the previous checkpoint intact (an unrenamed .tmp is ignored and overwritten).
+Writes are atomic per checkpoint: every rank writes into step-N.tmp, rank 0 writes `manifest.json` (every file's size)
+last and renames the folder to step-N, so a run killed mid-write leaves the previous checkpoint intact (an unrenamed
+.tmp is ignored and overwritten). `--resume` verifies the newest checkpoint against its manifest and the file formats
+(safetensors header, torch zip) and falls back to the previous good one, naming what it skipped (`find_resumable`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import publish
 from .parallel.dist import is_rank0, print0, world_size
 from .parallel.fsdp import gather_optimizer, gather_params, is_sharded, load_sharded, unsharded_copy
 from .parallel.mesh import current_mesh
@@ -30,10 +33,99 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def list_checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Renamed (finished) checkpoints of a run, oldest first; `find_resumable` also checks their contents."""
     d = Path(out) / "checkpoints"
-    done = [p for p in d.glob("step-*") if not p.name.endswith(".tmp") and (p / "state-rank0.pt").is_file()]
+    done = [p for p in d.glob("step-*") if p.name.split("-", 1)[1].isdigit() and (p / "state-rank0.pt").is_file()]
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+MANIFEST = "manifest.json"
+
+
+def write_manifest(d: Path) -> None:
+    """Every file's size, written last (fsynced files first): a checkpoint whose files match it is complete."""
+    files = {}
+    for f in sorted(d.rglob("*")):
+        if f.is_file() and f.name != MANIFEST:
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            files[f.relative_to(d).as_posix()] = f.stat().st_size
+    (d / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1))
+
+
+def _safetensors_problem(f: Path) -> str | None:
+    """The header parses and its tensors end exactly at the end of the file (a truncated file does not)."""
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return "truncated safetensors header"
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return "truncated safetensors header"
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, ValueError):
+            return "unreadable safetensors header"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return None if 8 + n + max(ends, default=0) == size else "safetensors data does not match its header"
+
+
+def _torch_zip_problem(f: Path) -> str | None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(f) as z:  # torch.save's format; a truncated file loses its central directory
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"not a complete torch file ({e})"
+    return None if any(n.endswith("data.pkl") for n in names) else "no data.pkl in the torch file"
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """None for a complete checkpoint, else why not (one phrase)."""
+    manifest = path / MANIFEST
+    if manifest.is_file():
+        try:
+            files = json.loads(manifest.read_text())["files"]
+        except (ValueError, KeyError, TypeError):
+            return f"unreadable {MANIFEST}"
+        for name, size in files.items():
+            f = path / name
+            if not f.is_file():
+                return f"{name} is missing"
+            if f.stat().st_size != size:
+                return f"{name} has {f.stat().st_size} bytes, its manifest says {size}"
+    targets = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pt"))  # checkpoints from before manifests too
+    if not any(t.suffix == ".safetensors" for t in targets):
+        return "no trainable-rank*.safetensors"
+    for f in targets:
+        why = _safetensors_problem(f) if f.suffix == ".safetensors" else _torch_zip_problem(f)
+        if why:
+            return f"{f.name}: {why}"
+    return None
+
+
+def find_resumable(out: Path, required: bool = True, warn=print0) -> Path | None:
+    """The newest complete checkpoint of `out`, skipping (with a warning naming each) damaged newer ones. None when
+    there is none and not `required`; a one-line ValueError when `required` (plain --resume)."""
+    skipped = []
+    for ckpt in reversed(list_checkpoints(out)):
+        why = checkpoint_problem(ckpt)
+        if why is None:
+            if skipped:
+                warn(f"warning: --resume skipped {'; '.join(skipped)}; resuming from {ckpt.name}")
+            return ckpt
+        skipped.append(f"{ckpt.name} ({why})")
+    what = f"no complete checkpoint in {Path(out) / 'checkpoints'}" + (f" (skipped {'; '.join(skipped)})"
+                                                                       if skipped else "")
+    if required:
+        raise ValueError(f"--resume: {what}; pass --resume auto to start from scratch when there is none")
+    warn(f"--resume auto: {what}, starting from scratch")
+    return None
 
 
 def _barrier():
@@ -98,8 +190,8 @@ def save_checkpoint(out: Path, step: int, model, opt, sched, cfg):
         _save_adapter(model, cfg, tmp / "adapter")
     _barrier()
     if is_rank0():
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        write_manifest(tmp)
+        publish(tmp, final)  # a re-save of the same step swaps in atomically
         best = _best_checkpoint(out)
         for old in list_checkpoints(out)[:-cfg.keep_last]:
             if old.name != best:  # the checkpoint with the lowest validation loss outlives the rotation
@@ -159,6 +251,5 @@ def save_final(model, tok, cfg, out: Path):
     _barrier()
     _save_adapter(model, cfg, tmp)
     if is_rank0():
-        shutil.rmtree(out / "adapter", ignore_errors=True)
-        os.replace(tmp, out / "adapter")
+        publish(tmp, out / "adapter")  # the previous adapter stays until the new one is complete
         print0(f"adapter saved to {out / 'adapter'}")

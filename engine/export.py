@@ -5,7 +5,9 @@
 Next to the safetensors (`weights.save_hf`) it writes the tokenizer (`tokenizer.json`, `tokenizer_config.json` with
 the chat template and special tokens, `special_tokens_map.json`) and `generation_config.json` (stop tokens). Files
 the source checkpoint has are copied as they are (its own template, generation defaults); the rest is written from
-the loaded tokenizer. An export never goes into a non-empty folder unless `overwrite` is given.
+the loaded tokenizer. An export never goes into a non-empty folder unless `overwrite` is given, and it is written
+into a hidden sibling folder renamed into place when complete (`engine.atomic`): a killed export leaves the previous
+folder or nothing, never a half folder that loads.
 """
 
 from __future__ import annotations
@@ -16,34 +18,42 @@ from pathlib import Path
 
 import torch
 
+from .atomic import OutputError, ensure_writable, guard_out, staged_dir
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+ExportError = OutputError  # the name callers and tests know
 
 
-class ExportError(ValueError):
-    pass
-
-
-def prepare_dir(out, overwrite: bool = False) -> Path:
-    """Refuse a non-empty folder (or a file) unless `overwrite`; then the folder is emptied and created."""
-    d = Path(out)
-    if d.exists() and not d.is_dir():
-        raise ExportError(f"{d} is a file, not a directory")
-    if d.is_dir() and any(d.iterdir()):
-        if not overwrite:
-            raise ExportError(f"{d} is not empty: pass --overwrite to replace its contents, or another folder")
-        shutil.rmtree(d)
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+def weights_bytes(model, dtype) -> int:
+    """The size of the saved weights (what the disk must hold, plus a little for tokenizer and configs)."""
+    item = torch.empty((), dtype=dtype).element_size()
+    return sum(p.numel() for p in model.parameters()) * item + (64 << 20)
 
 
 def export_hf(model, tok, out, dtype=torch.bfloat16, source=None, overwrite: bool = False) -> Path:
+    """Write the self-contained folder `out` (refused when it is, holds or lies inside `source`)."""
+    guard_out(out, [_source_dir(source)], overwrite)
+    _check_tokenizer(tok, source)
+    ensure_writable(Path(out).expanduser().parent, weights_bytes(model, dtype))
+    with staged_dir(out, overwrite) as d:
+        write_hf(model, tok, d, dtype, source)
+    return Path(out)
+
+
+def write_hf(model, tok, d: Path, dtype=torch.bfloat16, source=None):
+    """The folder's files into the existing (staging) folder `d`."""
     from .weights import save_hf
 
-    d = prepare_dir(out, overwrite)
     save_hf(model, d, dtype=dtype)
     write_tokenizer(tok, d, source, max_len=model.args.max_seq_len)
     write_generation_config(tok, d, source)
-    return d
+
+
+def _check_tokenizer(tok, source):
+    src = _source_dir(source)
+    if (src is None or not (src / "tokenizer.json").is_file()) and not hasattr(getattr(tok, "_backend", None), "save"):
+        raise ExportError("this tokenizer (the Llama 3 tiktoken file) cannot be written as tokenizer.json: export "
+                          "from a checkpoint that has tokenizer.json (pass the base model's HF folder or Hub id)")
 
 
 def _source_dir(source) -> Path | None:

@@ -6,7 +6,9 @@ the tokenizer (byte-level BPE vocabulary, merges, token types, special ids, chat
 The layout is llama.cpp's for the `llama` architecture (what its convert_hf_to_gguf.py writes): tensor names
 `blk.N.attn_q.weight` ..., Q and K rows permuted to its rotary order (the inverse of `weights.unpermute_rope_rows`),
 1-D norms kept in F32, and for Llama 3.1-style RoPE scaling a `rope_freqs.weight` tensor of per-frequency factors.
-The tokenizer must be a `tokenizers` BPE (HF tokenizer.json or a GGUF vocabulary); the tiktoken file is refused.
+The tokenizer must be a `tokenizers` BPE (HF tokenizer.json or a GGUF vocabulary); the tiktoken file is refused
+(`check_tokenizer`, which engine.merge calls before anything is written). The file is written under a hidden
+sibling name and renamed into place when complete, so a killed export never leaves a truncated .gguf.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import staged_file
 from .weights import _GGUF_NAMES
 
 _TO_GGUF = [(re.compile(ours.replace(".", r"\.").replace(r"\1", r"(\d+)") + "$"), pat) for pat, ours in _GGUF_NAMES]
@@ -57,7 +60,8 @@ def rope_factors(args) -> np.ndarray:
     return np.array(out, dtype=np.float32)
 
 
-def _tokenizer_fields(tok, n_vocab: int):
+def check_tokenizer(tok) -> dict:
+    """The tokenizer's tokenizers-JSON spec; a one-line ValueError when GGUF cannot hold it."""
     backend = getattr(tok, "_backend", None)
     if not hasattr(backend, "to_str"):
         raise ValueError("GGUF export needs a byte-level BPE tokenizer (tokenizer.json or GGUF); the Llama 3 tiktoken "
@@ -65,6 +69,12 @@ def _tokenizer_fields(tok, n_vocab: int):
     spec = json.loads(backend.to_str())
     if spec["model"]["type"] != "BPE":
         raise ValueError(f"GGUF export supports BPE tokenizers, not {spec['model']['type']}")
+    return spec
+
+
+def _tokenizer_fields(tok, n_vocab: int):
+    backend = tok._backend
+    spec = check_tokenizer(tok)
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     added = {i: t for i, t in backend.get_added_tokens_decoder().items()}
     size = backend.get_vocab_size(with_added_tokens=True)
@@ -80,12 +90,18 @@ def _tokenizer_fields(tok, n_vocab: int):
     return tokens, types, merges
 
 
-def export_gguf(model, tok, path, dtype=torch.float16) -> Path:
+def export_gguf(model, tok, path, dtype=torch.float16, overwrite: bool = True) -> Path:
+    path = Path(path)
+    check_tokenizer(tok)
+    with staged_file(path, overwrite) as tmp:
+        _write(model, tok, tmp, dtype)
+    return path
+
+
+def _write(model, tok, path: Path, dtype):
     import gguf
 
     a = model.args
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(a.n_layers)
     w.add_context_length(a.max_seq_len)
@@ -132,4 +148,3 @@ def export_gguf(model, tok, path, dtype=torch.float16) -> Path:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path

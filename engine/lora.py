@@ -152,23 +152,59 @@ def save_adapter(model, directory: str | Path, base_model: str | None = None, st
     return d
 
 
+def read_adapter_config(directory: str | Path) -> dict:
+    """adapter_config.json, validated: a one-line ValueError naming the file and the field for anything the loader
+    cannot use (generate, serve, eval and merge call this before loading a model)."""
+    cfg_path = Path(directory) / ADAPTER_CONFIG
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{directory} is not an adapter directory (no {ADAPTER_CONFIG})")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")  # noqa: TRY004 (callers catch ValueError: one line)
+
+    def bad(field, expected):
+        return ValueError(f"{cfg_path}: {field}: {cfg.get(field)!r} is not {expected}")
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{cfg_path}: only LoRA adapters are supported, got peft_type={cfg.get('peft_type')!r}")
+    r = cfg.get("r", 8)  # PEFT's default rank
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise bad("r", "a positive integer")
+    if not number(cfg.get("lora_alpha", 8)):
+        raise bad("lora_alpha", "a number")
+    dropout = cfg.get("lora_dropout", 0.0)
+    if not number(dropout) or not 0 <= dropout < 1:
+        raise bad("lora_dropout", "a number in [0, 1)")
+    t = cfg.get("target_modules")
+    if t is not None and not isinstance(t, str) and not (isinstance(t, list) and all(isinstance(x, str) for x in t)):
+        raise bad("target_modules", "a list of module names or 'all-linear'")
+    base = cfg.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise bad("base_model_name_or_path", "a string")
+    for key in ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern"):
+        if cfg.get(key):
+            raise ValueError(f"{cfg_path}: {key}: DoRA, rsLoRA and per-module rank/alpha patterns are not supported")
+    return {**cfg, "r": r, "lora_alpha": cfg.get("lora_alpha", 8)}
+
+
 def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
-    d = Path(directory)
-    cfg_path, w_path = d / ADAPTER_CONFIG, d / ADAPTER_WEIGHTS
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"adapter directory {d} has no {p.name}")
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{cfg_path}: only LoRA adapters are supported, got peft_type={cfg.get('peft_type')}")
-    if cfg.get("use_dora") or cfg.get("use_rslora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise ValueError(f"{cfg_path}: DoRA, rsLoRA and per-module rank/alpha patterns are not supported")
+    cfg = read_adapter_config(directory)
+    w_path = Path(directory) / ADAPTER_WEIGHTS
+    if not w_path.is_file():
+        raise FileNotFoundError(f"adapter directory {directory} has no {ADAPTER_WEIGHTS}")
     try:
         weights = load_file(str(w_path))
     except Exception as e:
         raise ValueError(f"cannot read {w_path}: {e}") from e
+    _targets_from_config(cfg)
     return cfg, weights
 
 
@@ -176,7 +212,7 @@ def _targets_from_config(cfg) -> list[str]:
     t = cfg.get("target_modules") or list(ALL_LINEAR)
     if isinstance(t, str):  # PEFT allows "all-linear" or a regex; "all-linear" is the only string we accept
         if t != "all-linear":
-            raise ValueError(f"target_modules={t!r} is not supported (use a list, or 'all-linear')")
+            raise ValueError(f"{ADAPTER_CONFIG}: target_modules: {t!r} is not supported (use a list, or 'all-linear')")
         t = list(ALL_LINEAR)
     return t
 

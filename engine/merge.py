@@ -7,12 +7,17 @@
 The folder holds config.json, safetensors, tokenizer.json, tokenizer_config.json (with the chat template),
 special_tokens_map.json and generation_config.json: `vllm serve merged/`, `AutoModelForCausalLM.from_pretrained`
 and llama.cpp's convert_hf_to_gguf.py take it as it is. --model accepts a preset, a path or a Hub id.
+
+Nothing the user owns is lost: --out (or --gguf) equal to, inside or containing the adapter or the base model is
+refused whatever --overwrite says; every check (paths, writability, the adapter config, GGUF support) runs before
+the model loads or anything is written; the outputs are written under hidden sibling names and renamed into place
+when complete, so an interrupted merge leaves the previous --out (or nothing).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
 from pathlib import Path
 
@@ -21,33 +26,44 @@ import torch
 
 def merge(adapter: str | Path, out: str | Path, model: str | None = None, dtype: str = "bf16",
           overwrite: bool = False, gguf: str | Path | None = None) -> Path:
-    from .export import export_hf, prepare_dir
+    from .atomic import OutputError, ensure_writable, guard_out, staged_dir, staged_file
+    from .export import weights_bytes, write_hf
     from .hub import resolve_source
     from .loader import load, parse_dtype
-    from .lora import merge_lora
+    from .lora import merge_lora, read_adapter_config
 
-    cfg_path = Path(adapter) / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{adapter} is not an adapter directory (no adapter_config.json)")
-    try:
-        base = model or json.loads(cfg_path.read_text()).get("base_model_name_or_path")
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e.msg})") from None
+    base = model or read_adapter_config(adapter).get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"{cfg_path} names no base model: pass --model")
+        raise ValueError(f"{Path(adapter) / 'adapter_config.json'} names no base model: pass --model")
     out_dtype = parse_dtype(dtype)
-    prepare_dir(out, overwrite)  # refuse before minutes of loading
-    if gguf is not None and Path(gguf).exists() and not overwrite:
-        raise ValueError(f"{gguf} exists: pass --overwrite to replace it")
-    source = resolve_source(base)
-    m, tok = load(source, adapter=adapter, dtype=torch.float32, device="cpu")
-    merge_lora(m)
-    export_hf(m, tok, out, dtype=out_dtype, source=source, overwrite=True)
+    out, gguf = Path(out).expanduser(), None if gguf is None else Path(gguf).expanduser()
+    guard_out(out, [adapter, base], overwrite)  # refuse before minutes of loading (or a download)
+    inside = gguf is not None and out.resolve() in gguf.resolve().parents  # written into the staged folder
     if gguf is not None:
-        from .export_gguf import export_gguf
+        if gguf.resolve() == out.resolve():
+            raise OutputError(f"--gguf {gguf} is the --out folder: give a file name")
+        guard_out(gguf, [adapter, base], overwrite or inside, kind="file")
+    source = resolve_source(base)
+    guard_out(out, [source], overwrite)
+    if gguf is not None:
+        guard_out(gguf, [source], overwrite or inside, kind="file")
+    m, tok = load(source, adapter=adapter, dtype=torch.float32, device="cpu")
+    gguf_dtype = torch.float16 if out_dtype != torch.float32 else torch.float32
+    if gguf is not None:
+        from .export_gguf import check_tokenizer, export_gguf
 
-        export_gguf(m, tok, gguf, dtype=torch.float16 if out_dtype != torch.float32 else torch.float32)
-    return Path(out)
+        check_tokenizer(tok)  # a refused --gguf leaves no --out behind
+    merge_lora(m)
+    need = weights_bytes(m, out_dtype) + (weights_bytes(m, gguf_dtype) if gguf is not None else 0)
+    ensure_writable(out.parent, need)
+    with staged_dir(out, overwrite) as d, \
+            (staged_file(gguf, overwrite) if gguf is not None and not inside else contextlib.nullcontext()) as g:
+        write_hf(m, tok, d, dtype=out_dtype, source=source)
+        if gguf is not None:
+            target = d / gguf.resolve().relative_to(out.resolve()) if inside else g
+            target.parent.mkdir(parents=True, exist_ok=True)
+            export_gguf(m, tok, target, dtype=gguf_dtype)
+    return out
 
 
 def main(argv=None) -> int:
@@ -58,7 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="base model (preset, HF dir, .gguf or Hub id); default: the adapter's base model")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="dtype of the saved weights")
     p.add_argument("--gguf", default=None, help="also write a GGUF file (F16, or F32 with --dtype fp32)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder (and --gguf file)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out folder (and --gguf file), once the new one is complete")
     a = p.parse_args(argv)
     try:
         out = merge(a.adapter, a.out, a.model, a.dtype, overwrite=a.overwrite, gguf=a.gguf)

@@ -3,7 +3,7 @@
     python -m engine.train                               # QLoRA on smollm2-135m with the embedded sample (CPU: minutes)
     python -m engine.train --qlora --model meta-llama/Llama-3.1-8B-Instruct --data coalm_it.parquet  # Hub id or dir
     python -m engine.train --config run.yaml --steps 200  # flags override the file
-    python -m engine.train --out runs/x --resume         # continue from the last complete checkpoint
+    python -m engine.train --out runs/x --resume         # continue from the last complete checkpoint (auto: or start)
 
 Defaults are the CoALM recipe: LoRA rank 16, alpha 32 on all linear layers, lr 1e-4, linear warmup over 10% of the
 steps then linear decay, AdamW (fused on CUDA) without weight decay, grad clip 1.0, 3 epochs, global batch 8, bf16 on
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
+from .checkpoint import find_resumable, list_checkpoints, load_checkpoint, save_checkpoint, save_final
 from .data import DataError, StepBatches, cache_dir, load_train_val
 from .loader import parse_dtype
 from .metrics import (
@@ -123,6 +123,8 @@ def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.resume and list_checkpoints(out):
         raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or another --out")
+    # checked before anything loads: a damaged newest checkpoint is skipped, none at all is an error (not --resume auto)
+    resume_from = find_resumable(out, required=cfg.resume != "auto") if cfg.resume else None
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
@@ -149,13 +151,9 @@ def train(cfg: TrainConfig) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, cfg.warmup_ratio))
     out.mkdir(parents=True, exist_ok=True)
     start = 0
-    if cfg.resume:
-        ckpts = list_checkpoints(out)
-        if ckpts:
-            start = load_checkpoint(ckpts[-1], model, opt, sched)
-            print0(f"resumed from {ckpts[-1]} (step {start})")
-        else:
-            print0(f"--resume: no complete checkpoint in {out}/checkpoints, starting from scratch")
+    if resume_from is not None:
+        start = load_checkpoint(resume_from, model, opt, sched)
+        print0(f"resumed from {resume_from} (step {start})")
     if is_rank0():
         import yaml
 

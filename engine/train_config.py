@@ -49,7 +49,9 @@ class TrainConfig:
     dtype: str | None = _f(None, "bf16 | fp16 | fp32 (default: bf16 on CUDA, fp32 on CPU)")
     device: str | None = _f(None, "cpu, cuda or cuda:N (default: cuda when available)")
     out: str = _f("runs/default", "output directory")
-    resume: bool = _f(False, "continue from the last complete checkpoint in --out")
+    resume: str | None = _f(None, "continue from the newest complete checkpoint in --out (an error when there is "
+                                  "none); --resume auto: start from scratch when there is none",
+                            choices=("latest", "auto"), const="latest")
     random_init: bool = _f(False, "random weights (throughput and memory runs)")
     save_every: int = _f(50, "checkpoint every N steps")
     keep_last: int = _f(2, "checkpoints kept")
@@ -87,6 +89,8 @@ def convert(f, value, where: str):
         if isinstance(value, bool):
             return value
         raise bad("true or false")
+    if "const" in f.metadata and isinstance(value, bool):  # an optional-value flag: `resume: true` in YAML
+        return f.metadata["const"] if value else None
     if kind in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise bad("an integer" if kind == "int" else "a number")
@@ -174,6 +178,9 @@ def parse_config(argv=None, doc: str = "") -> TrainConfig:
         kind, _ = _base(f)
         if kind == "bool":
             p.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
+        elif "const" in f.metadata:
+            p.add_argument(flag, dest=f.name, nargs="?", const=f.metadata["const"], metavar="|".join(
+                f.metadata["choices"][1:]), help=f.metadata["help"])
         elif kind == "list[str]":
             p.add_argument(flag, dest=f.name, nargs="+", metavar=f.name.upper(), help=text)
         else:
@@ -187,8 +194,13 @@ def parse_config(argv=None, doc: str = "") -> TrainConfig:
         path = given.pop("config")
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise ValueError(f"cannot read config {path}: {e}") from e
+        except yaml.YAMLError as e:  # PyYAML's message spans several lines: the problem and where, in one
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise ValueError(f"{path}: invalid YAML: {problem}{where}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read config {path}: {e}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of TrainConfig keys, got {type(loaded).__name__}")
         by_name = {f.name: f for f in fields(TrainConfig)}

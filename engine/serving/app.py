@@ -1,9 +1,14 @@
 """The FastAPI app: POST /v1/chat/completions (plain and streamed), GET /v1/models, GET /health.
 
-Requests are validated before anything reaches the model: malformed JSON, wrong types, an empty message list, a tool
-schema that is not an object, or a prompt (+ max_tokens) over the context length are answered 400 with OpenAI's
-error body, and the server carries on. A client that disconnects, mid-stream or while waiting for a whole answer,
-has its sequence cancelled, which frees its cache slot at the scheduler's next step.
+Requests are validated before anything reaches the model: malformed JSON, wrong types (a boolean is no integer),
+lone surrogates (400 naming the field), an empty message list, a tool schema that is not an object, an out-of-range
+seed, or a prompt (+ max_tokens) over the context length are answered 400 with OpenAI's error body, and the server
+carries on. Every other error, 404/405/413/500 included, also has OpenAI's body; there is no /openapi.json or /docs.
+Bodies over `max_request_bytes` are refused (413) as they arrive, and a body must arrive within `body_timeout`
+seconds. Parsing, templating and tokenization run in a worker thread, so a huge prompt never stalls the event loop
+(/health, other requests' streams). A sequence the scheduler fails ends with a 500 naming the request id; the
+others carry on. A client that disconnects, mid-stream or while waiting for a whole answer, has its sequence
+cancelled, which frees its cache slot at the scheduler's next step.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .output import Assembler, message
 from .protocol import APIError, ChatRequest, NamedToolChoice, chunk_body, completion_body, new_id, usage
@@ -26,6 +34,7 @@ from .templating import render
 from .tool_parsers import get_parser
 
 log = logging.getLogger("engine.serve")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -36,10 +45,15 @@ class ServerState:
     tool_format: str
     max_model_len: int
     api_key: str | None = None
+    max_request_bytes: int = 8 << 20  # defaults live in engine.serve's flags; these serve tests that build the app
+    body_timeout: float = 30.0
 
 
-def _error(e: APIError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
+def _error(e: APIError, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+
+_HTTP_TYPES = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
 
 
 def _validation_message(e: ValidationError) -> tuple[str, str | None]:
@@ -49,7 +63,8 @@ def _validation_message(e: ValidationError) -> tuple[str, str | None]:
 
 
 def create_app(state: ServerState) -> FastAPI:
-    app = FastAPI(title="coalm-engine", docs_url=None, redoc_url=None)
+    # no /openapi.json, /docs or /redoc: they would describe the API to anyone without the key
+    app = FastAPI(title="coalm-engine", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serve = state
 
     def auth(request: Request):  # a check per route, not a BaseHTTPMiddleware (which hides client disconnects)
@@ -62,6 +77,18 @@ def create_app(state: ServerState) -> FastAPI:
     @app.exception_handler(APIError)
     async def api_error(_, e: APIError):
         return _error(e)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):
+        kind, code = _HTTP_TYPES.get(e.status_code, ("invalid_request_error", None))
+        what = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        return _error(APIError(what.get(e.status_code, str(e.detail)), e.status_code, kind, code=code),
+                      headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception):  # a bug must still answer in OpenAI's shape
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(APIError(f"internal error: {type(e).__name__}", 500, "server_error"))
 
     @app.get("/health")
     async def health():
@@ -76,12 +103,9 @@ def create_app(state: ServerState) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         auth(request)
-        req = _parse(await request.body())
-        if req.model and req.model != state.model_name:
-            raise APIError(f"the model {req.model!r} does not exist; this server serves {state.model_name!r}", 404,
-                           param="model", code="model_not_found")
-        text, prefix = render(req, state.tokenizer, state.tool_format)
-        ids = state.tokenizer.encode(text)
+        body = await read_body(request, state.max_request_bytes, state.body_timeout)
+        # JSON, templating and tokenization of a multi-megabyte prompt take seconds: not on the event loop
+        req, text, prefix, ids = await asyncio.to_thread(_prepare, state, body)
         limit = req.limit()
         room = state.max_model_len - len(ids)
         if room < 1 or (limit is not None and limit > room):
@@ -100,8 +124,11 @@ def create_app(state: ServerState) -> FastAPI:
                 pass
 
         seq = Sequence(ids, params, on_event, text)
-        state.scheduler.submit(seq)
         rid = new_id("chatcmpl")
+        try:
+            state.scheduler.submit(seq)
+        except (ValueError, TypeError, OverflowError) as e:  # parameters the scheduler cannot take: this request's
+            raise APIError(f"request {rid}: {e}") from None
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(_stream(state, seq, events, asm, rid, req, include_usage),
@@ -111,6 +138,63 @@ def create_app(state: ServerState) -> FastAPI:
     return app
 
 
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refused (413) as soon as it is known to exceed `limit` bytes, and (408) when it has not arrived
+    within `timeout` seconds (a client dribbling its body holds no connection forever)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, size = [], 0
+
+    async def receive():
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(receive(), timeout)
+    except ClientDisconnect:  # nobody is left to answer; end the request quietly
+        raise APIError("the client disconnected while sending the request", 400, code="client_disconnected") from None
+    except asyncio.TimeoutError:
+        raise APIError(f"the request body did not arrive within {timeout:g} s", 408, code="request_timeout") from None
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> APIError:
+    return APIError(f"the request body is {'at least ' if size else ''}{size} bytes, over the limit of {limit} bytes "
+                    "(--max-request-bytes)", 413, code="request_too_large")
+
+
+def _prepare(state: ServerState, body: bytes):
+    """(request, prompt text, assistant prefix, token ids): runs in a worker thread."""
+    req = _parse(body)
+    if req.model and req.model != state.model_name:
+        raise APIError(f"the model {req.model!r} does not exist; this server serves {state.model_name!r}", 404,
+                       param="model", code="model_not_found")
+    text, prefix = render(req, state.tokenizer, state.tool_format)
+    # encode_batch, not encode: the tokenizers backend releases the GIL only there (a 10 MB prompt takes ~30 s of
+    # BPE here, during which encode() would stall the event loop and the scheduler thread); the ids are the same
+    return req, text, prefix, state.tokenizer.encode_batch([text])[0]
+
+
+def _surrogate_field(obj, path: str = "") -> str | None:
+    """The path of the first string (or key) holding a lone surrogate: JSON escapes allow one, UTF-8 does not."""
+    if isinstance(obj, str):
+        return path or "body" if _SURROGATE.search(obj) else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        here = f"{path}.{k}" if path else str(k)
+        if isinstance(k, str) and _SURROGATE.search(k):
+            return here
+        found = _surrogate_field(v, here)
+        if found:
+            return found
+    return None
+
+
 def _parse(body: bytes) -> ChatRequest:
     try:
         obj = json.loads(body)
@@ -118,6 +202,10 @@ def _parse(body: bytes) -> ChatRequest:
         raise APIError(f"the request body is not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise APIError("the request body must be a JSON object")
+    bad = _surrogate_field(obj)
+    if bad:
+        raise APIError(f"{bad}: contains a lone UTF-16 surrogate, which is not valid Unicode text", param=bad,
+                       code="invalid_unicode")
     if obj.get("tool_choice") == "required":
         raise APIError("tool_choice 'required' is not supported; use 'auto' or a named function", param="tool_choice")
     try:
@@ -153,7 +241,7 @@ async def _complete(state, request: Request, seq, events, asm, rid, req) -> JSON
         content, finish = "", None
         async for delta, finish in _events(state, seq, events):
             if finish == "error":
-                raise APIError(f"generation failed: {delta}", 500, "server_error")
+                raise APIError(f"request {rid}: generation failed: {delta}", 500, "server_error")
             content += asm.feed(delta)
         return content + asm.finish(), finish
 
@@ -183,7 +271,7 @@ async def _stream(state, seq, events, asm, rid, req: ChatRequest, include_usage:
     finish = None
     async for delta, finish in _events(state, seq, events):
         if finish == "error":
-            yield _sse(APIError(f"generation failed: {delta}", 500, "server_error").body())
+            yield _sse(APIError(f"request {rid}: generation failed: {delta}", 500, "server_error").body())
             yield "data: [DONE]\n\n"
             return
         out = asm.feed(delta)

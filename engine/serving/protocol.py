@@ -2,16 +2,17 @@
 instead of a crash deep in the server), responses, streaming chunks and the error body.
 
 Unknown request fields are accepted and ignored, as OpenAI-compatible servers do, but a known field of the wrong type
-or value is refused. Field names and shapes follow https://platform.openai.com/docs/api-reference/chat.
+or value is refused: no coercion of booleans to numbers (`max_tokens: true`) or of strings to booleans, and `seed`
+must fit a signed 64-bit integer. Field names and shapes follow https://platform.openai.com/docs/api-reference/chat.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 
 class APIError(Exception):
@@ -24,6 +25,18 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _no_bool(v):
+    # pydantic's lax mode reads true as 1; a boolean where a number belongs is a client bug, so say so
+    if isinstance(v, bool):
+        raise ValueError("a boolean is not a number")  # noqa: TRY004 (pydantic turns ValueError into a 400)
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+INT64 = 2**63  # seeds: OpenAI documents an integer; the samplers' generators take 64 bits
 
 
 class _Lenient(BaseModel):
@@ -100,7 +113,7 @@ class NamedToolChoice(_Lenient):
 
 
 class StreamOptions(_Lenient):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatRequest(_Lenient):
@@ -108,14 +121,14 @@ class ChatRequest(_Lenient):
     messages: list[Message] = Field(min_length=1)
     tools: list[Tool] | None = None
     tool_choice: Literal["auto", "none"] | NamedToolChoice | None = None
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: Float = Field(1.0, ge=0.0, le=2.0)
+    top_p: Float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: Int | None = Field(None, ge=1)
+    max_completion_tokens: Int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = Field(1, ge=1, le=1)
-    stream: bool = False
+    seed: Int | None = Field(None, ge=-INT64, lt=INT64)
+    n: Int = Field(1, ge=1, le=1)
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
 
     @field_validator("stop")

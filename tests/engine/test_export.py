@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import engine
-from engine.export import ExportError, export_hf, prepare_dir
+from engine.export import ExportError, export_hf
 from engine.export_gguf import export_gguf
 from engine.lora import apply_lora, lora_modules, merge_lora
 from engine.serving.offline import generate_ids
@@ -82,8 +82,9 @@ def test_export_refuses_a_non_empty_folder(tmp_path, capsys):
     d = tmp_path / "out"
     d.mkdir()
     (d / "keep.txt").write_text("x")
+    model, tok = engine.load("debug", random_init=True, dtype=torch.float32, device="cpu", seed=1)
     with pytest.raises(ExportError, match="is not empty: pass --overwrite"):
-        prepare_dir(d)
+        export_hf(model, tok, d)
     from engine.merge import main
 
     (tmp_path / "adapter").mkdir()
@@ -92,4 +93,5 @@ def test_export_refuses_a_non_empty_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"error: {d} is not empty: pass --overwrite to replace its contents, or another folder\n"
     assert (d / "keep.txt").read_text() == "x"
-    assert prepare_dir(d, overwrite=True) == d and not any(d.iterdir())
+    assert export_hf(model, tok, d, overwrite=True) == d and not (d / "keep.txt").exists()
+    assert (d / "model.safetensors").is_file() and not list(tmp_path.glob(".out.*"))

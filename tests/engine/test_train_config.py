@@ -32,7 +32,9 @@ def test_yaml_values_take_the_field_types(tmp_path):
     ("lr: fast\n", "run.yaml: lr: 'fast' is not a float"),
     ("data: 5\n", "run.yaml: data: 5 is not a file name or a list of file names"),
     ("steps: 2.5\n", "run.yaml: steps: 2.5 is not an integer"),
-    ("resume: 'yes'\n", "run.yaml: resume: 'yes' is not true or false"),
+    ("resume: 'yes'\n", "run.yaml: resume: 'yes' is not one of latest, auto"),
+    ("lr: [1\n", "run.yaml: invalid YAML: expected ',' or ']', but got '<stream end>' (line 2, column 1)"),
+    ("a: b: c\n", "run.yaml: invalid YAML: mapping values are not allowed here (line 1, column 5)"),
     ("mode: qdora\n", "run.yaml: mode: 'qdora' is not one of qlora, lora, full"),
     ("learning_rate: 1\n", "unknown keys ['learning_rate']; valid keys: ["),
     ("- 1\n", "expected a mapping of TrainConfig keys"),
@@ -40,7 +42,17 @@ def test_yaml_values_take_the_field_types(tmp_path):
 def test_bad_yaml_names_key_value_and_type(tmp_path, yaml_text, message):
     with pytest.raises(ValueError) as e:
         parse_config(["--config", _yaml(tmp_path, yaml_text)])
-    assert message in str(e.value)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resume_takes_an_optional_value(tmp_path):
+    assert parse_config([]).resume is None
+    assert parse_config(["--resume"]).resume == "latest"
+    assert parse_config(["--resume", "auto"]).resume == "auto"
+    assert parse_config(["--config", _yaml(tmp_path, "resume: true\n")]).resume == "latest"
+    assert parse_config(["--config", _yaml(tmp_path, "resume: false\n")]).resume is None
+    with pytest.raises(ValueError, match="--resume: 'always' is not one of latest, auto"):
+        parse_config(["--resume", "always"])
 
 
 @pytest.mark.parametrize(("argv", "message"), [
