@@ -21,29 +21,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from coalm.data.formats import row_format
+from coalm.paths import data_root
 from engine.data.rows import DataError, load_rows, save_rows
 
-from .recipe import AGENT_SYNTH_ROWS, AGENT_WEIGHTS, SOURCE_FOLDERS, build
-
-
-def data_root(explicit: str | None) -> Path:
-    from coalm.paths import data_root as _root
-
-    return _root(explicit)
-
-
-def parse_weights(text: str | None) -> dict[str, float]:
-    weights = dict(AGENT_WEIGHTS)
-    for part in filter(None, (text or "").split(",")):
-        name, sep, val = part.partition("=")
-        name = name.strip()
-        if not sep or name not in SOURCE_FOLDERS:
-            raise DataError(f"--weights: {part!r} is not SOURCE=NUMBER with SOURCE in {', '.join(SOURCE_FOLDERS)}")
-        try:
-            weights[name] = float(val)
-        except ValueError:
-            raise DataError(f"--weights: {part!r} is not SOURCE=NUMBER") from None
-    return weights
+from .pipeline import add_arguments as add_run_flags
+from .pipeline import run as run_pipeline
+from .recipe import AGENT_SYNTH_ROWS, AGENT_WEIGHTS, build, parse_weights
 
 
 def cmd_build(a) -> int:
@@ -114,17 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--max-seq-len", type=int, default=1024)
     r = sub.add_parser("run", help="build -> train -> scorecard (the default)")
     _add_build_flags(r)
-    from .pipeline import add_arguments as _pipeline_flags
-
-    _pipeline_flags(r)
+    add_run_flags(r)
     a, rest = p.parse_known_args(argv)
     if rest and a.cmd != "run":
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if a.cmd == "run":
-            from .pipeline import run
-
-            return run(a, rest)
+            return run_pipeline(a, rest)
         return {"build": cmd_build, "stats": cmd_stats}[a.cmd](a)
     except (DataError, ValueError, OSError, RuntimeError) as e:  # RuntimeError: a pipeline step failed
         print(f"error: {e}", file=sys.stderr)

@@ -1,9 +1,13 @@
 """`make agent` (= `python -m coalm.agent`): build the recipe, fine-tune with LoRA, print the base-vs-tuned scorecard.
 
-Steps, each skipped when its output is already complete (so an interrupted run continues where it stopped):
-1. `<out>/data/agent.jsonl` from `coalm.agent.recipe.build` (seeded, decontaminated);
+Steps, each skipped when its output is already complete for the same configuration (so an interrupted run
+continues where it stopped, and a changed recipe or flag is never silently ignored):
+1. `<out>/data/agent-<hash>.jsonl` from `coalm.agent.recipe.build` (seeded, decontaminated); the hash is of the
+   recipe's configuration (source weights, seed, synthetic rows, row length cap, data root);
 2. `python -m engine.train --lora` in a subprocess into `<out>/train` (continued with --resume from its last
-   checkpoint), flags from TRAIN_ARGS plus anything given after `--`;
+   checkpoint), flags from TRAIN_ARGS plus anything given after `--`. `<out>/train/agent-run.json` records the hash
+   of the data and the whole training command: the adapter is reused (and it says so) only when they match; a
+   changed recipe or flag moves the old run aside (`<out>/train.<old hash>`, never deleted) and trains again;
 3. `python -m coalm.eval --suite coalm` with the base model and the adapter, in the CoALM-IT prompt style and the
    official one, into `<out>/scorecard-<style>/` (the suite caches per-item outputs, so it resumes too).
 
@@ -12,12 +16,19 @@ The default length is sized for two CPU cores (about 75 minutes of training); `-
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from coalm.paths import data_root
 from engine.data.rows import save_rows
+
+from .recipe import build, parse_weights
+
+STAMP = "agent-run.json"
 
 # LoRA on all linear layers (engine.train's defaults: rank 16, alpha 32), a higher rate than the 8B recipe's 1e-4
 # because a 135M model with a few hundred steps needs it (the demo's experience), rows cut at 1024 tokens.
@@ -73,25 +84,72 @@ def suite_command(a, style: str, adapter: Path, out: Path) -> list[str]:
     return cmd
 
 
-def run(a, extra: list[str]) -> int:
-    from .__main__ import data_root, parse_weights
-    from .recipe import build
+def config_hash(config) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
+
+def recipe_config(a) -> dict:
+    """What the recipe's rows depend on."""
+    return {"weights": parse_weights(a.weights), "seed": a.seed, "synth_rows": a.synth_rows,
+            "max_chars": a.max_chars, "data_root": str(data_root(a.data_root).resolve())}
+
+
+def train_config(cmd: list[str]) -> list[str]:
+    """What the adapter depends on: the training command (its data file is named by the recipe's hash), without
+    the interpreter's path and --resume."""
+    return [x for x in cmd[1:] if x != "--resume"]
+
+
+def prepare_train_dir(train_dir: Path, key: str, config) -> str:
+    """Make `train_dir` hold the run of `key`: reuse it when its stamp matches, else move it aside (never delete) and
+    stamp an empty one. Returns "reuse", "resume" (same config, unfinished) or "train"."""
+    stamp = train_dir / STAMP
+    old = json.loads(stamp.read_text()).get("key") if stamp.is_file() else None
+    if train_dir.is_dir() and any(train_dir.iterdir()) and old != key:
+        aside = train_dir.with_name(f"{train_dir.name}.{old or 'unstamped'}")
+        n = 1
+        while aside.exists():
+            aside, n = train_dir.with_name(f"{train_dir.name}.{old or 'unstamped'}-{n}"), n + 1
+        train_dir.rename(aside)
+        print(f"recipe or training config changed (hash {old or 'none'} -> {key}): the previous run is kept at "
+              f"{aside}; training again", flush=True)
+    if (train_dir / "adapter" / "adapter_config.json").is_file():
+        print(f"reusing {train_dir / 'adapter'}: same recipe and training config (hash {key})", flush=True)
+        return "reuse"
+    train_dir.mkdir(parents=True, exist_ok=True)
+    resume = (train_dir / "checkpoints").is_dir()
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "config": config}, indent=1))
+    tmp.replace(stamp)
+    return "resume" if resume else "train"
+
+
+def run(a, extra: list[str]) -> int:
     extra = [x for x in extra if x != "--"]
     out = Path(a.out)
-    data = out / "data" / "agent.jsonl"
     t0 = time.time()
-    if not data.is_file():
-        train, _, stats = build(data_root(a.data_root), parse_weights(a.weights), seed=a.seed, n_synth=a.synth_rows,
+    recipe = recipe_config(a)
+    data = out / "data" / f"agent-{config_hash(recipe)}.jsonl"
+    if data.is_file():
+        print(f"reusing {data}: same recipe (hash {config_hash(recipe)})", flush=True)
+    else:
+        train, _, stats = build(recipe["data_root"], recipe["weights"], seed=a.seed, n_synth=a.synth_rows,
                                 max_chars=a.max_chars)
         save_rows(train, data)
         print(f"recipe: {len(train)} rows -> {data}; formats {stats['formats']}", flush=True)
     train_dir = out / "train"
     adapter = train_dir / "adapter"
-    if not a.skip_train and not (adapter / "adapter_config.json").is_file():
-        _run(train_command(a, data, train_dir, extra))
-    if not (adapter / "adapter_config.json").is_file():
-        raise ValueError(f"no adapter at {adapter}: run without --skip-train first")
+    if a.skip_train:
+        if not (adapter / "adapter_config.json").is_file():
+            raise ValueError(f"no adapter at {adapter}: run without --skip-train first")
+        print(f"--skip-train: scoring {adapter} as it is", flush=True)
+    else:
+        cmd = train_command(a, data, train_dir, extra)
+        config = train_config(cmd)
+        if prepare_train_dir(train_dir, config_hash(config), config) != "reuse":
+            _run(train_command(a, data, train_dir, extra))  # again: --resume follows what is in train_dir now
+        if not (adapter / "adapter_config.json").is_file():
+            raise ValueError(f"training finished without an adapter at {adapter}")
     t_train = time.time() - t0
     for style in [s.strip() for s in a.styles.split(",") if s.strip()]:
         _run(suite_command(a, style, adapter, out / f"scorecard-{style}"))

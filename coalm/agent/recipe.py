@@ -35,6 +35,21 @@ AGENT_SYNTH_ROWS = 3400
 SOURCE_FOLDERS = {"snips_dst": "snips", "sgd_la": "sgd", "sgd_cra": "sgd", "sgd_dst": "sgd", "synth_la": None}
 
 
+def parse_weights(text: str | None) -> dict[str, float]:
+    """`SOURCE=W,...` over the defaults AGENT_WEIGHTS."""
+    weights = dict(AGENT_WEIGHTS)
+    for part in filter(None, (text or "").split(",")):
+        name, sep, val = part.partition("=")
+        name = name.strip()
+        if not sep or name not in SOURCE_FOLDERS:
+            raise DataError(f"--weights: {part!r} is not SOURCE=NUMBER with SOURCE in {', '.join(SOURCE_FOLDERS)}")
+        try:
+            weights[name] = float(val)
+        except ValueError:
+            raise DataError(f"--weights: {part!r} is not SOURCE=NUMBER") from None
+    return weights
+
+
 def _sgd_splits(root: Path) -> list[str]:
     return [s for s in SGD_SPLITS if (root / "sgd" / s).is_dir()]
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import ast
 import json
-import re
+
+from engine.tool_formats import LA_FORMAT, LA_TASK, ToolFormatError, la_instruction, la_output, parse_la  # noqa: F401
 
 FORMATS = ("dst", "la", "cra_action", "cra_response")
 
@@ -46,32 +47,8 @@ def dst_output(domain: str, slot_values: dict) -> str:
 
 # ---- LA (function calling) ---------------------------------------------------------------------------------------
 
-LA_TASK = (
-    "[BEGIN OF TASK INSTRUCTION]\n"
-    "You are a tool calling assistant. To complete the user's request, choose one or more of the tools below and "
-    "fill in the correct values for their parameters.\n"
-    "1. Make one or more tool calls that answer the query.\n"
-    "2. If none of the tools can be used, make no call.\n"
-    "[END OF TASK INSTRUCTION]"
-)
-LA_FORMAT = (
-    "[BEGIN OF FORMAT INSTRUCTION]\n"
-    "The output MUST be a JSON list of calls and nothing else:\n"
-    '[{"name": "tool_name", "arguments": {"argument1": "value1"}}]\n'
-    "If no tool fits the query, output an empty list: []\n"
-    "[END OF FORMAT INSTRUCTION]"
-)
-
-
-def la_instruction(tools: list[dict]) -> str:
-    """`tools`: [{"name", "description", "parameters": {arg: {"description", "type"[, "default"]}}}]."""
-    tool_json = json.dumps(tools, ensure_ascii=False)
-    return f"{LA_TASK}\n\n[BEGIN OF AVAILABLE TOOLS]\n{tool_json}\n[END OF AVAILABLE TOOLS]\n\n{LA_FORMAT}"
-
-
-def la_output(calls: list[dict]) -> str:
-    return json.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls], ensure_ascii=False)
-
+# LA_TASK, LA_FORMAT, la_instruction and la_output come from `engine.tool_formats` (imported above): the server's
+# `la` tool format shows and reads the same text.
 
 # ---- CRA (conversational ReAct API) ------------------------------------------------------------------------------
 
@@ -113,24 +90,12 @@ def format_observation(obs) -> str:
 
 # ---- parsers (used by the scorer) -------------------------------------------------------------------------------
 
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
-
-
 def parse_calls(text: str) -> list[dict] | None:
-    """A JSON list of {"name", "arguments"} calls, optionally inside a ``` fence; None when it does not parse."""
-    t = _FENCE.sub("", text.strip()).strip()
+    """The LA answer's calls, read strictly (`engine.tool_formats.parse_la`); None when it does not parse."""
     try:
-        val = json.loads(t)
-    except (ValueError, RecursionError):  # model output: deep nesting or a 5,000-digit int is a parse failure, no crash
+        return parse_la(text)
+    except ToolFormatError:
         return None
-    if not isinstance(val, list):
-        return None
-    calls = []
-    for c in val:
-        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not isinstance(c.get("arguments", {}), dict):
-            return None
-        calls.append({"name": c["name"], "arguments": c.get("arguments", {})})
-    return calls
 
 
 def parse_dst(text: str) -> dict | None:

@@ -2,10 +2,11 @@
 
 Every benchmark generates through one small interface, so a task never knows which it talks to:
 
-    backend = make_backend(args)                  # from the CLI flags (--model/--adapter, or --base-url)
+    backend = make_backend(model, base_url, run_options, model_options)   # coalm.eval.options
     texts = backend.chat(conversations, max_new_tokens=128)   # OpenAI-style message lists in, assistant texts out
 
-`chat` is greedy (temperature 0) and returns texts in input order. Tasks that need several model steps per item
+`chat` is greedy (temperature 0) and returns texts in input order; an endpoint puts an `ItemError` in place of the
+text of a conversation whose request failed. Tasks that need several model steps per item
 (BFCL multi-turn) call it once per step with the batch of items still running.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import os
 from typing import Protocol
+
+from coalm.eval.base import EvalError, ItemError  # noqa: F401 - ItemError: what chat() may return
 
 
 class Backend(Protocol):
@@ -31,7 +34,6 @@ class LocalBackend:
     def __init__(self, model: str, adapter: str | None = None, batch_size: int = 8, tp: int = 1, dtype: str = "auto",
                  **load_kwargs):
         import engine  # imported here: scoring saved outputs needs no torch
-
         from engine.loader import resolve_dtype
 
         self.dtype = resolve_dtype(dtype, announce=True)  # the rule engine.generate and engine.serve use
@@ -65,23 +67,20 @@ def is_rank0() -> bool:
     return dist is None or not dist.is_initialized() or dist.get_rank() == 0
 
 
-def load_kwargs(args) -> dict:
-    """engine.load options given on the command line (only those set, so older engines keep working)."""
-    out = {}
-    if getattr(args, "quantize", None):
-        out["quantize"] = args.quantize
-    if getattr(args, "dtype", None):
-        out["dtype"] = args.dtype
-    return out
+def make_backend(model: str | None = None, base_url: str | None = None, run=None, model_options=None) -> Backend:
+    """`base_url` -> an endpoint client (coalm.eval.endpoint); else `model` loaded in this process.
+    `run`: coalm.eval.options.RunOptions; `model_options`: coalm.eval.options.ModelOptions (defaults when None)."""
+    from coalm.eval.options import ModelOptions, RunOptions
 
-
-def make_backend(args) -> Backend:
-    """--base-url -> an endpoint client (coalm.eval.endpoint); else --model loaded in this process."""
-    if getattr(args, "base_url", None):
+    run = run or RunOptions()
+    if base_url:
         from coalm.eval.endpoint import EndpointBackend
 
-        return EndpointBackend(args.base_url, model_name=getattr(args, "model_name", None),
-                               api_key=getattr(args, "api_key", None),
-                               concurrency=getattr(args, "concurrency", 4))
-    return LocalBackend(args.model, adapter=args.adapter, batch_size=args.batch_size, tp=getattr(args, "tp", 1),
-                        **load_kwargs(args))
+        return EndpointBackend(base_url, model_name=run.model_name, api_key=run.api_key, concurrency=run.concurrency,
+                               timeout=run.timeout, retries=run.retries, backoff=run.retry_backoff,
+                               max_chars=run.max_response_chars)
+    if not model:
+        raise EvalError("give a model, an endpoint (base_url) or saved responses")
+    m = model_options or ModelOptions()
+    kwargs = {"quantize": m.quantize} if m.quantize else {}
+    return LocalBackend(model, adapter=m.adapter, batch_size=run.batch_size, tp=m.tp, dtype=m.dtype, **kwargs)

@@ -13,6 +13,11 @@ class EvalError(Exception):
     """A user-facing problem (missing data, malformed responses file); the CLI prints it and exits 2."""
 
 
+class ItemError(Exception):
+    """One item's failure to generate (an endpoint's error after its retries), returned by a backend's `chat` in
+    that conversation's place: the runner records it as that item's error and the run goes on."""
+
+
 def benchmark_dir(root: Path, name: str) -> Path:
     d = Path(root) / name
     if not d.is_dir():

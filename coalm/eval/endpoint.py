@@ -8,27 +8,71 @@ continuous-batching server decode them together. The benchmark prompts already c
 benchmark's official prompt or the CoALM-IT format), so requests send no `tools` and the answer is the raw text,
 exactly what the local backend scores.
 
-Any failed request stops the run with one line naming the endpoint, the HTTP status and the server's message; no
-silent retries, so a report never mixes answers from a flaky endpoint with blanks.
+Failures, by what they say about the run:
+- 429, 5xx, a dropped connection or a timeout (`timeout` seconds) are retried `retries` times, waiting `backoff`
+  seconds and doubling (or the server's Retry-After, up to 60 s); still failing, they are that item's `ItemError`;
+- any other 4xx (a prompt past the context length), a body that is not a chat completion, a content that is not
+  a string, or one longer than `max_chars` characters is that item's `ItemError` at once;
+- 401, 403 and 404 (wrong key, unknown model or path) would fail every item the same way: one EvalError ends the run.
+The runner records item errors in the report and goes on; a rerun sends only the items not yet answered.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from coalm.eval.base import EvalError
+from coalm.eval.base import EvalError, ItemError, clip
+from coalm.eval.options import RunOptions
+
+FATAL = (401, 403, 404)
+MAX_RETRY_AFTER = 60.0
+_DEFAULTS = RunOptions()
+
+
+class _Retry(Exception):
+    def __init__(self, message: str, wait: float | None = None):
+        super().__init__(message)
+        self.wait = wait
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    try:
+        return min(max(float(r.headers.get("retry-after", "")), 0.0), MAX_RETRY_AFTER)
+    except ValueError:
+        return None
+
+
+def model_ids(listing) -> list[str]:
+    """Model names from a `/models` answer of any shape: OpenAI's {"data": [{"id"}]}, a bare list, {"models": [...]},
+    entries as objects with "id" (or "name", "model") or as plain strings."""
+    if isinstance(listing, dict):
+        listing = next((listing[k] for k in ("data", "models") if isinstance(listing.get(k), list)), [])
+    if not isinstance(listing, list):
+        return []
+    ids = []
+    for entry in listing:
+        if isinstance(entry, dict):
+            entry = next((entry[k] for k in ("id", "name", "model") if isinstance(entry.get(k), str)), None)
+        if isinstance(entry, str) and entry:
+            ids.append(entry)
+    return ids
 
 
 class EndpointBackend:
     def __init__(self, base_url: str, model_name: str | None = None, api_key: str | None = None,
-                 concurrency: int = 4, timeout: float = 600.0):
+                 concurrency: int = _DEFAULTS.concurrency, timeout: float = _DEFAULTS.timeout,
+                 retries: int = _DEFAULTS.retries, backoff: float = _DEFAULTS.retry_backoff,
+                 max_chars: int = _DEFAULTS.max_response_chars):
         if concurrency < 1:
             raise EvalError(f"--concurrency must be >= 1, got {concurrency}")
+        if not timeout or timeout <= 0:
+            raise EvalError(f"--timeout must be positive, got {timeout}")
         self.base_url = base_url.rstrip("/")
-        self.concurrency = concurrency
+        self.concurrency, self.retries, self.backoff, self.max_chars = concurrency, retries, backoff, max_chars
         key = api_key or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
@@ -36,38 +80,70 @@ class EndpointBackend:
         self.model_name = model_name or self._first_model()
         self.name = f"{self.model_name}@{self.base_url}"
 
-    def _request(self, method: str, path: str, **kw) -> dict:
+    def _once(self, method: str, path: str, **kw):
+        """One request -> its JSON. Raises _Retry (worth another try), ItemError or EvalError (fatal)."""
+        where = f"endpoint {self.base_url}{path}"
         try:
             r = self.client.request(method, path, **kw)
-        except httpx.HTTPError as e:
-            raise EvalError(f"endpoint {self.base_url}{path}: {type(e).__name__}: {e}") from None
+        except httpx.HTTPError as e:  # connection refused or dropped, timeouts, a malformed answer
+            raise _Retry(f"{where}: {type(e).__name__}: {clip(str(e) or 'no detail', 200)}") from None
         if r.status_code != 200:
             try:
                 msg = r.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
-                msg = r.text[:300]
-            raise EvalError(f"endpoint {self.base_url}{path} answered {r.status_code}: {msg}")
+                msg = r.text
+            text = f"{where} answered {r.status_code}: {clip(str(msg), 300)}"
+            if r.status_code == 429 or r.status_code >= 500:
+                raise _Retry(text, _retry_after(r))
+            if r.status_code in FATAL:
+                raise EvalError(text)
+            raise ItemError(text)
         try:
             return r.json()
         except ValueError:
-            raise EvalError(f"endpoint {self.base_url}{path} answered non-JSON: {r.text[:200]!r}") from None
+            raise ItemError(f"{where} answered non-JSON: {clip(repr(r.text), 200)}") from None
+
+    def _request(self, method: str, path: str, **kw):
+        for attempt in range(self.retries + 1):
+            try:
+                return self._once(method, path, **kw)
+            except _Retry as e:
+                if attempt == self.retries:
+                    raise ItemError(f"{e} (after {self.retries} retries)") from None
+                time.sleep(e.wait if e.wait is not None else self.backoff * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     def _first_model(self) -> str:
-        data = self._request("GET", "/models").get("data") or []
-        if not data or not isinstance(data[0], dict) or "id" not in data[0]:
-            raise EvalError(f"endpoint {self.base_url}/models lists no model; pass --model-name")
-        return data[0]["id"]
-
-    def _one(self, messages: list[dict], max_new_tokens: int) -> str:
-        body = {"model": self.model_name, "messages": messages, "max_tokens": max_new_tokens, "temperature": 0.0}
-        out = self._request("POST", "/chat/completions", json=body)
         try:
-            return out["choices"][0]["message"].get("content") or ""
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise EvalError(f"endpoint {self.base_url}/chat/completions answered without choices: "
-                            f"{str(out)[:200]}") from None
+            ids = model_ids(self._request("GET", "/models"))
+        except ItemError as e:
+            raise EvalError(f"{e}; pass --model-name") from None
+        if not ids:
+            raise EvalError(f"endpoint {self.base_url}/models lists no model; pass --model-name")
+        return ids[0]
 
-    def chat(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+    def _one(self, messages: list[dict], max_new_tokens: int):
+        """The assistant text, or an ItemError for this conversation."""
+        body = {"model": self.model_name, "messages": messages, "max_tokens": max_new_tokens, "temperature": 0.0}
+        try:
+            out = self._request("POST", "/chat/completions", json=body)
+        except ItemError as e:
+            return e
+        where = f"endpoint {self.base_url}/chat/completions"
+        try:
+            content = out["choices"][0]["message"].get("content")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return ItemError(f"{where} answered without choices: {clip(str(out), 200)}")
+        if content is None:  # a message with no text (e.g. tool calls only): the model said nothing
+            return ""
+        if not isinstance(content, str):
+            return ItemError(f"{where} answered a {type(content).__name__} as the message content, not text")
+        if len(content) > self.max_chars:
+            return ItemError(f"{where} answered {len(content)} characters (more than --max-response-chars "
+                             f"{self.max_chars})")
+        return content
+
+    def chat(self, conversations: list[list[dict]], max_new_tokens: int) -> list:
         if not conversations:
             return []
         with ThreadPoolExecutor(min(self.concurrency, len(conversations))) as pool:

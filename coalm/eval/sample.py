@@ -16,6 +16,7 @@ from pathlib import Path
 from coalm.data import formats as F
 from coalm.data import load_sample
 from coalm.eval.base import EvalError, read_jsonl
+from coalm.eval.task import Task
 from engine.data.render import messages
 
 RESPONSES_SUFFIX = ".jsonl"
@@ -73,26 +74,45 @@ def _score(rows: list[dict], predictions: list) -> tuple[dict, list[dict]]:
 
 
 # ---- the coalm.eval task interface -------------------------------------------------------------------------------
-def load_examples(data_root=None, args=None) -> list[dict]:
-    return [{"id": r["meta"]["id"], "messages": messages(r), "row": r} for r in load_sample("eval")]
-
-
-def responses_from_texts(examples: list[dict], texts: list[str]) -> dict:
-    return {ex["id"]: t for ex, t in zip(examples, texts)}
+def load_examples(data_root=None, options=None, style: str = "official") -> list[dict]:
+    """The held-out rows; they carry their own CoALM-IT prompts, so the prompt style changes nothing."""
+    return [{"id": r["meta"]["id"], "messages": messages(r), "row": r, "style": style} for r in load_sample("eval")]
 
 
 def read_responses(path) -> dict:
     return {r["id"]: r["result"] for r in read_jsonl(path, keys=("id", "result"))}
 
 
-def write_responses(path, examples: list[dict], responses: dict) -> None:
+def write_responses(path, examples: list[dict], responses: dict) -> Path:
     lines = [json.dumps({"id": ex["id"], "result": responses[ex["id"]]}, ensure_ascii=False)
              for ex in examples if ex["id"] in responses]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    return Path(path)
 
 
 def evaluate(examples: list[dict], responses: dict) -> dict:
     """A missing response scores as unparsable."""
     summary, items = _score([ex["row"] for ex in examples], [responses.get(ex["id"], "") for ex in examples])
     return {"summary": summary, "items": items}
+
+
+class SampleTask(Task):
+    name = "sample"
+    styles = ("official", "coalm")  # the rows' own prompts either way
+    responses_suffix = RESPONSES_SUFFIX
+
+    def load(self, root, options, style="official"):
+        return load_examples(root, options, self.check_style(style))
+
+    def read_responses(self, path):
+        return read_responses(path)
+
+    def write_responses(self, path, examples, responses):
+        return write_responses(path, examples, responses)
+
+    def score(self, examples, responses):
+        return evaluate(examples, responses)
+
+
+TASK = SampleTask()

@@ -29,8 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-from coalm.eval import get_task, handlers
 from coalm.eval.base import EvalError, write_report
+from coalm.eval.options import ModelOptions, RunOptions, option_choices
+from coalm.eval.pipeline import as_responses
+from coalm.eval.registry import get_task
+from coalm.eval.runner import ItemCache, generate
+from coalm.eval.task import STYLES
 from coalm.paths import data_root
 
 BFCL_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple")
@@ -47,15 +51,15 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--suite", required=True, choices=["coalm"])
     p.add_argument("--model", required=True, help="preset name, HF checkpoint dir or .gguf file")
     p.add_argument("--adapter", default=None, help="LoRA adapter dir: scored after the base model")
-    p.add_argument("--prompt-style", default="official", choices=list(handlers.STYLES))
+    p.add_argument("--prompt-style", default="official", choices=list(STYLES))
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default=None, help="output folder (default: reports/suite-<style>-<timestamp>)")
     p.add_argument("--limit-per-bench", type=int, default=None, help="sets the three limits below")
     p.add_argument("--bfcl-limit", type=int, default=50, help="items per BFCL category")
     p.add_argument("--apibank-limit", type=int, default=60, help="API-Bank level-1 call samples, and response samples")
     p.add_argument("--multiwoz-dialogues", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+    p.add_argument("--batch-size", type=int, default=RunOptions.batch_size)
+    p.add_argument("--dtype", default=ModelOptions.dtype, choices=option_choices(ModelOptions, "dtype"),
                    help="base and adapter dtype; auto: bf16 on GPUs and AVX512-BF16/AMX CPUs, else fp32")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"cap every part's output budget (defaults {MAX_NEW_TOKENS}); a cut answer counts as given")
@@ -93,21 +97,19 @@ def check_adapter(model: str, adapter: str) -> None:
 
 def load_parts(a) -> dict[str, list[dict]]:
     """{part: examples}; a part is one benchmark, or one kind of API-Bank sample (they differ in output budget)."""
-    root = data_root(a.data_root)
-    ns = {"prompt_style": a.prompt_style}
-    bfcl = get_task("bfcl").load_examples(root, argparse.Namespace(
-        category=",".join(BFCL_CATEGORIES), per_category_limit=a.bfcl_limit, **ns))
-    api = get_task("api-bank").load_examples(root, argparse.Namespace(
-        apibank_levels="1", apibank_kinds="api_call,response", **ns))
+    root, style = data_root(a.data_root), a.prompt_style
+    bfcl, api, mwz = get_task("bfcl"), get_task("api-bank"), get_task("multiwoz")
+    bfcl_exs = bfcl.load(root, bfcl.Options(category=",".join(BFCL_CATEGORIES), per_category_limit=a.bfcl_limit),
+                         style)
+    api_exs = api.load(root, api.Options(apibank_levels="1", apibank_kinds="api_call,response"), style)
     # the first N dialogues of the shared quick subset (200 test dialogues; loading all 900 costs half a minute)
-    mwz_all = get_task("multiwoz").load_examples(root, argparse.Namespace(
-        multiwoz_task="dst", multiwoz_file="mwz21_test_shared900.json", multiwoz_version=None,
-        multiwoz_subset="quick" if a.multiwoz_dialogues <= 200 else "all", **ns))
+    mwz_all = mwz.load(root, mwz.Options(multiwoz_task="dst", multiwoz_file="mwz21_test_shared900.json",
+                                         multiwoz_subset="quick" if a.multiwoz_dialogues <= 200 else "all"), style)
     keep = list(dict.fromkeys(ex["dialogue_id"] for ex in mwz_all))[: a.multiwoz_dialogues]
     parts = {
-        "bfcl": bfcl,
-        "api-bank:api_call": [ex for ex in api if ex["kind"] == "api_call"][: a.apibank_limit],
-        "api-bank:response": [ex for ex in api if ex["kind"] == "response"][: a.apibank_limit],
+        "bfcl": bfcl_exs,
+        "api-bank:api_call": [ex for ex in api_exs if ex["kind"] == "api_call"][: a.apibank_limit],
+        "api-bank:response": [ex for ex in api_exs if ex["kind"] == "response"][: a.apibank_limit],
         "multiwoz": [ex for ex in mwz_all if ex["dialogue_id"] in set(keep)],
     }
     for name, exs in parts.items():
@@ -123,47 +125,28 @@ def _cache_path(out: Path, model_tag: str, style: str, part: str) -> Path:
     return out / "cache" / safe / style / (part.replace(":", "-") + ".jsonl")
 
 
-def prompt_key(messages: list[dict]) -> str:
-    """A fingerprint of one item's prompt: cached text is reused only for the very prompt it answered."""
-    return hashlib.sha256(json.dumps(messages, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def generate_cached(backend_factory, parts, out: Path, model_tag: str, style: str, batch_size: int,
                     cap: int | None = None) -> dict:
-    """{part: {id: text}}; cached texts are reused, the rest generated (longest prompts first, similar lengths
-    batched together) and appended to the cache after every batch."""
-    from tqdm import tqdm
-
-    texts_by_part, backend = {}, None
+    """{part: {id: output}} through the runner (coalm.eval.runner): cached outputs are reused, the rest generated
+    (longest prompts first, similar lengths batched together) and appended to the part's cache after every batch."""
+    outputs_by_part, backend = {}, None
     for part, exs in parts.items():
         budget = min(MAX_NEW_TOKENS[part], cap or MAX_NEW_TOKENS[part])
-        path = _cache_path(out, model_tag, style, f"{part}-max{budget}")  # another budget: other outputs
-        done, keys = {}, {ex["id"]: prompt_key(ex["messages"]) for ex in exs}
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    if row.get("prompt") == keys.get(row["id"]):  # a later line for an id replaces an earlier one
-                        done[row["id"]] = row["text"]
-        todo = sorted((ex for ex in exs if ex["id"] not in done),
-                      key=lambda ex: -sum(len(m["content"]) for m in ex["messages"]))
-        if todo:
-            backend = backend or backend_factory()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            bar = tqdm(total=len(exs), initial=len(exs) - len(todo), desc=f"{model_tag} {style} {part}", unit="ex")
-            with open(path, "a", encoding="utf-8") as f:
-                for i in range(0, len(todo), batch_size):
-                    batch = todo[i:i + batch_size]
-                    outs = backend.chat([ex["messages"] for ex in batch], max_new_tokens=budget)
-                    for ex, text in zip(batch, outs):
-                        done[ex["id"]] = text
-                        f.write(json.dumps({"id": ex["id"], "prompt": keys[ex["id"]], "text": text},
-                                           ensure_ascii=False) + "\n")
-                    f.flush()
-                    bar.update(len(batch))
-            bar.close()
-        texts_by_part[part] = done
-    return texts_by_part
+        cache = ItemCache(_cache_path(out, model_tag, style, f"{part}-max{budget}"))  # another budget: other outputs
+        task = get_task(part.split(":")[0])
+        class _Lazy:  # the model is loaded only if some item of some part is not cached
+            def chat(self, conversations, max_new_tokens):
+                nonlocal backend
+                backend = backend or backend_factory()
+                return backend.chat(conversations, max_new_tokens)
+
+        outcome = generate(task, exs, _Lazy(), max_new_tokens=budget, chunk=batch_size, cache=cache,
+                           longest_first=True, desc=f"{model_tag} {style} {part}")
+        if outcome.errors:
+            raise EvalError(f"{part}: {len(outcome.errors)} items failed to generate, e.g. "
+                            f"{next(iter(outcome.errors.values()))}")
+        outputs_by_part[part] = outcome.responses
+    return outputs_by_part
 
 
 def score(parts, texts_by_part) -> dict:
@@ -171,19 +154,19 @@ def score(parts, texts_by_part) -> dict:
     out = {}
     exs = parts["bfcl"]
     bfcl = get_task("bfcl")
-    rep = bfcl.evaluate(exs, bfcl.responses_from_texts(exs, [texts_by_part["bfcl"][ex["id"]] for ex in exs]))
+    rep = bfcl.score(exs, as_responses(bfcl, exs, texts_by_part["bfcl"]))
     acc = {c: v["accuracy"] for c, v in rep["summary"]["categories"].items()}
     out["bfcl"] = {**acc, "non_live_ast": sum(acc[c] for c in NON_LIVE_AST) / len(NON_LIVE_AST),
                    "n": {c: v["total"] for c, v in rep["summary"]["categories"].items()}}
     api = get_task("api-bank")
     exs = parts["api-bank:api_call"] + parts["api-bank:response"]
-    texts = [texts_by_part[f"api-bank:{ex['kind']}"][ex["id"]] for ex in exs]
-    lvl = api.evaluate(exs, api.responses_from_texts(exs, texts))["summary"]["levels"]["level-1"]
+    texts = {ex["id"]: texts_by_part[f"api-bank:{ex['kind']}"][ex["id"]] for ex in exs}
+    lvl = api.score(exs, as_responses(api, exs, texts))["summary"]["levels"]["level-1"]
     out["api_bank"] = {"call_accuracy": lvl["rate"], "rouge_l": lvl["rouge_l"], "n_calls": lvl["api_calls"],
                        "n_responses": lvl["response_samples"]}
     mwz = get_task("multiwoz")
     exs = parts["multiwoz"]
-    s = mwz.evaluate(exs, mwz.responses_from_texts(exs, [texts_by_part["multiwoz"][ex["id"]] for ex in exs]))["summary"]
+    s = mwz.score(exs, as_responses(mwz, exs, texts_by_part["multiwoz"]))["summary"]
     # JGA as TRADE and the CoALM paper count it: the exact (domain, slot, value) set of the turn
     out["multiwoz"] = {"jga": s.get("jga_strict", s.get("jga")), "jga_fuzzy": s.get("jga_fuzzy"), "turns": s["turns"],
                        "dialogues": s["dialogues"], "data_version": s["data_version"]}
@@ -237,6 +220,15 @@ def plot(card: dict, path: Path) -> bool:
     return True
 
 
+def adapter_tag(adapter) -> str:
+    """The adapter's path and a fingerprint of its files: outputs cached for an adapter are never reused for another
+    one trained later into the same folder."""
+    h = hashlib.sha256()
+    for f in sorted(Path(adapter).glob("adapter_*")):
+        h.update(f.name.encode() + f.read_bytes())
+    return f"{Path(adapter).resolve()}#{h.hexdigest()[:12]}"
+
+
 def run(a) -> tuple[dict, Path]:
     if a.adapter:
         check_adapter(a.model, a.adapter)
@@ -252,7 +244,7 @@ def run(a) -> tuple[dict, Path]:
             "max_new_tokens": {p: min(n, a.max_new_tokens or n) for p, n in MAX_NEW_TOKENS.items()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": {}, "seconds": {}}
     for label, adapter in runs:
-        tag = (a.model if adapter is None else f"{a.model}+{Path(adapter).resolve()}") + f"@{dtype}"
+        tag = (a.model if adapter is None else f"{a.model}+{adapter_tag(adapter)}") + f"@{dtype}"
         t0 = time.time()
         texts = generate_cached(lambda ad=adapter: LocalBackend(a.model, adapter=ad, batch_size=a.batch_size,
                                                                          dtype=a.dtype),

@@ -2,9 +2,8 @@
 
 - "llama3": the tokenizer's own chat template, given `tools` (Llama 3.x: tool JSON in the system turn with
   "Environment: ipython", calls as `{"name", "parameters"}`, results in the `ipython` role).
-- "la": the CoALM-IT LA format (the text `coalm.data.formats.la_instruction` writes; the engine must not import
-  `coalm`, so the fixed text is repeated here and a test checks the two agree): the system turn is the task block, the
-  tools as Hammer-style JSON and the format block; calls are a JSON list `[{"name", "arguments"}]`.
+- "la": the CoALM-IT LA format (`engine.tool_formats`, the same text the training rows carry): the system turn is
+  the task block, the tools as Hammer-style JSON and the format block; calls are a JSON list `[{"name", "arguments"}]`.
 
 The format is `--tool-format`, else `"coalm_tool_format"` in the adapter's adapter_config.json, else "llama3" for
 a Llama 3 vocabulary and "la" otherwise (ChatML templates such as SmolLM2's have no tool syntax of their own).
@@ -19,25 +18,11 @@ from pathlib import Path
 
 from jinja2.exceptions import TemplateError
 
+from engine.tool_formats import la_instruction, la_output, la_tools
+
 from .protocol import APIError, ChatRequest, NamedToolChoice
 
 FORMATS = ("llama3", "la")
-
-LA_TASK = (
-    "[BEGIN OF TASK INSTRUCTION]\n"
-    "You are a tool calling assistant. To complete the user's request, choose one or more of the tools below and "
-    "fill in the correct values for their parameters.\n"
-    "1. Make one or more tool calls that answer the query.\n"
-    "2. If none of the tools can be used, make no call.\n"
-    "[END OF TASK INSTRUCTION]"
-)
-LA_FORMAT = (
-    "[BEGIN OF FORMAT INSTRUCTION]\n"
-    "The output MUST be a JSON list of calls and nothing else:\n"
-    '[{"name": "tool_name", "arguments": {"argument1": "value1"}}]\n'
-    "If no tool fits the query, output an empty list: []\n"
-    "[END OF FORMAT INSTRUCTION]"
-)
 
 
 def choose_format(flag: str | None, tokenizer, adapter: str | None) -> str:
@@ -54,14 +39,6 @@ def choose_format(flag: str | None, tokenizer, adapter: str | None) -> str:
         if fmt in FORMATS:
             return fmt
     return "llama3" if tokenizer.name == "llama3" else "la"
-
-
-def la_instruction(tools: list[dict]) -> str:
-    """The LA system text for OpenAI tools: Hammer-style {"name", "description", "parameters": {arg: schema}}."""
-    hammer = [{"name": t["name"], "description": t.get("description") or "",
-               "parameters": t.get("parameters", {}).get("properties", {})} for t in tools]
-    tool_json = json.dumps(hammer, ensure_ascii=False)
-    return f"{LA_TASK}\n\n[BEGIN OF AVAILABLE TOOLS]\n{tool_json}\n[END OF AVAILABLE TOOLS]\n\n{LA_FORMAT}"
 
 
 def _arguments(call) -> dict:
@@ -82,14 +59,14 @@ def _messages(req: ChatRequest, fmt: str, tools: list[dict] | None) -> list[dict
         if m.role == "assistant" and m.tool_calls:
             calls = [{"name": c.function.name, "arguments": _arguments(c)} for c in m.tool_calls]
             if fmt == "la":
-                msg["content"] = json.dumps(calls, ensure_ascii=False)
+                msg["content"] = la_output(calls)
             else:  # the template renders the calls (HF convention: arguments as a dict)
                 msg["tool_calls"] = [{"type": "function", "function": c} for c in calls]
         if m.role == "tool":
             msg["tool_call_id"] = m.tool_call_id
         out.append(msg)
     if fmt == "la" and tools:
-        text = la_instruction(tools)
+        text = la_instruction(la_tools(tools))
         if out[0]["role"] == "system":  # the LA block leads; an operator's own system text follows it
             out[0] = {"role": "system", "content": text + ("\n\n" + out[0]["content"] if out[0]["content"] else "")}
         else:

@@ -1,80 +1,53 @@
-"""Tool-call parsers: model text -> a list of calls `{"name", "arguments": dict}`, one small class per format.
+"""Tool-call parsers for the server: model text -> a list of calls `{"name", "arguments": dict}`, one class per format.
 
-A parser never evaluates model text: it reads JSON with `json` only, and every call must name one of the request's
-tools (an allow-list). `parse` returns None when the text is not a well-formed call list (the server then answers it
-as plain content and logs it), or the calls (possibly none: the LA format's `[]` means "no tool fits").
-
-- `Llama3JsonParser`: Llama 3.1+ JSON tool calls, `{"name": ..., "parameters": {...}}` (optionally after
-  `<|python_tag|>`, several separated by `;` or newlines), as Meta's prompt format documents.
-- `LAParser`: the CoALM-IT LA (Hammer-style) output, a JSON list `[{"name": ..., "arguments": {...}}]`, optionally
-  inside a ``` fence.
+The formats themselves (and their one parser each) live in `engine.tool_formats`; a class here adds what streaming
+needs: the prefixes after which the output may be a call (the server buffers instead of streaming). Every call must
+name one of the request's tools (an allow-list). `parse` returns None when the text is not a well-formed call list
+(the server then answers it as plain content and logs it), or the calls (possibly none: the LA format's `[]` means
+"no tool fits").
 """
 
 from __future__ import annotations
 
-import json
-import re
-
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
+from engine.tool_formats import ToolFormatError, parse_la, parse_llama3
 
 
 class ToolParser:
     name = ""
-    starts = ()  # text prefixes after which the output may be a call (the server buffers instead of streaming)
+    starts = ()  # text prefixes after which the output may be a call
 
     def may_be_call(self, text: str) -> bool:
         t = text.lstrip()
         return any(t.startswith(s) or s.startswith(t) for s in self.starts) if t else True
 
     def parse(self, text: str, allowed: set[str]) -> list[dict] | None:
-        raise NotImplementedError
-
-    @staticmethod
-    def _call(obj, arg_keys: tuple[str, ...], allowed: set[str]) -> dict | None:
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or obj["name"] not in allowed:
+        try:
+            return self._parse(text, allowed)
+        except ToolFormatError:
             return None
-        args = next((obj[k] for k in arg_keys if k in obj), {})
-        if isinstance(args, str):  # some models emit the arguments as a JSON string, as the OpenAI wire format does
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                return None
-        return {"name": obj["name"], "arguments": args} if isinstance(args, dict) else None
+
+    def _parse(self, text: str, allowed: set[str]) -> list[dict]:
+        raise NotImplementedError
 
 
 class Llama3JsonParser(ToolParser):
+    """Llama 3.1+ JSON tool calls (`engine.tool_formats.parse_llama3`)."""
+
     name = "llama3"
     starts = ("{", "[", "<|python_tag|>", "```")
 
-    def parse(self, text, allowed):
-        t = _FENCE.sub("", text.strip().removeprefix("<|python_tag|>").strip()).strip()
-        dec, objs, i = json.JSONDecoder(), [], 0
-        while i < len(t):  # a sequence of JSON values separated by whitespace or ';'
-            try:
-                val, i = dec.raw_decode(t, i)
-            except json.JSONDecodeError:
-                return None
-            objs += val if isinstance(val, list) else [val]
-            while i < len(t) and t[i] in " \t\r\n;":
-                i += 1
-        calls = [self._call(o, ("parameters", "arguments"), allowed) for o in objs]
-        return calls if calls and all(calls) else None
+    def _parse(self, text, allowed):
+        return parse_llama3(text, allowed=allowed)
 
 
 class LAParser(ToolParser):
+    """The CoALM-IT LA answer, strictly: one JSON list, optionally in a ``` fence (`engine.tool_formats.parse_la`)."""
+
     name = "la"
     starts = ("[", "```")
 
-    def parse(self, text, allowed):
-        t = _FENCE.sub("", text.strip()).strip()
-        try:
-            val = json.loads(t)
-        except json.JSONDecodeError:
-            return None
-        if not isinstance(val, list):
-            return None
-        calls = [self._call(o, ("arguments",), allowed) for o in val]
-        return calls if all(calls) else None
+    def _parse(self, text, allowed):
+        return parse_la(text, allowed=allowed, string_arguments=True)
 
 
 PARSERS: dict[str, type[ToolParser]] = {"llama3": Llama3JsonParser, "la": LAParser}

@@ -119,3 +119,32 @@ def test_pipeline_steps(tmp_path):
     s = pipeline.suite_command(a, "coalm", tmp_path / "adapter", tmp_path / "card")
     assert s[1:5] == ["-m", "coalm.eval", "--suite", "coalm"] and s[s.index("--prompt-style") + 1] == "coalm"
     assert s[s.index("--bfcl-limit") + 1] == "50" and s[s.index("--multiwoz-dialogues") + 1] == "40"
+
+
+def test_adapter_reuse_is_keyed_on_the_recipe_and_training_config(tmp_path, capsys):
+    a = argparse.Namespace(model="smollm2-135m", steps=7, seed=0, data_root=str(tmp_path), weights=None,
+                           synth_rows=10, max_chars=100)
+    train = tmp_path / "run" / "train"
+    cmd = pipeline.train_command(a, tmp_path / "agent-x.jsonl", train, [])
+    key = pipeline.config_hash(pipeline.train_config(cmd))
+    assert pipeline.prepare_train_dir(train, key, cmd) == "train"
+    (train / "adapter").mkdir()
+    (train / "adapter" / "adapter_config.json").write_text("{}")
+    assert pipeline.prepare_train_dir(train, key, cmd) == "reuse"
+    assert f"reusing {train / 'adapter'}" in capsys.readouterr().out
+    # another flag or another recipe: the old run is moved aside (kept), and training starts again
+    a.steps = 8
+    cmd2 = pipeline.train_command(a, tmp_path / "agent-x.jsonl", train, [])
+    key2 = pipeline.config_hash(pipeline.train_config(cmd2))
+    assert key2 != key and pipeline.prepare_train_dir(train, key2, cmd2) == "train"
+    assert (train.with_name(f"train.{key}") / "adapter" / "adapter_config.json").is_file()
+    assert f"hash {key} -> {key2}" in capsys.readouterr().out
+    assert not (train / "adapter").exists()
+    recipe = pipeline.recipe_config(a)
+    assert pipeline.config_hash(recipe) != pipeline.config_hash({**recipe, "weights": {"synth_la": 2.0}})
+    # an interrupted run of the same config resumes from its checkpoints
+    (train / "checkpoints").mkdir()
+    assert pipeline.prepare_train_dir(train, key2, cmd2) == "resume"
+    assert pipeline.train_command(a, tmp_path / "agent-x.jsonl", train, [])[-1] == "--resume"
+    assert pipeline.config_hash(pipeline.train_config(pipeline.train_command(a, tmp_path / "agent-x.jsonl", train,
+                                                                             []))) == key2

@@ -7,8 +7,8 @@ import random
 import pytest
 from rouge import Rouge
 
-from coalm.eval import api_bank as ab
 from coalm.eval._text_metrics import bleu4_method3, llamafactory_scores, rouge_f, word_tokens
+from coalm.eval.api_bank import bench as ab
 from coalm.eval.base import EvalError, data_root
 
 ROOT = data_root()
@@ -194,10 +194,8 @@ def test_bad_inputs_raise(tmp_path):
     with pytest.raises(EvalError, match="bad.jsonl:1"):
         ab.read_responses(bad)
 
-    class A:
-        apibank_levels = "3"
     with pytest.raises(EvalError, match="choose from 1, 2"):
-        ab.load_examples(ROOT, A())
+        ab.load_examples(ROOT, ab.Options(apibank_levels="3"))
 
 
 # ---------------------------------------------------------------- text metrics

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not (ROOT / "bfcl").is_dir(), reason="needs the 
 
 @pytest.fixture(scope="module")
 def examples():
-    return bfcl.load_examples(ROOT, type("A", (), {"category": "single_turn"})())
+    return bfcl.load_examples(ROOT, bfcl.Options(category="single_turn"))
 
 
 # ---------------------------------------------------------------- rendering possible answers as model output
@@ -485,7 +485,7 @@ def test_categories_and_groups(examples):
     assert bfcl.parse_categories("all")[1] == list(bfcl.MULTI_TURN)
     with pytest.raises(EvalError, match="unknown BFCL category 'simpel'"):
         bfcl.parse_categories("simpel")
-    multi = bfcl.load_examples(ROOT, type("A", (), {"category": "multi_turn", "per_category_limit": 2})())
+    multi = bfcl.load_examples(ROOT, bfcl.Options(category="multi_turn", per_category_limit=2))
     assert [e["category"] for e in multi] == list(bfcl.MULTI_TURN) * 2  # round robin: --limit samples each one
     assert {e["category"] for e in examples} == set(bfcl.SINGLE_TURN)
     ids = [e["id"] for e in examples]

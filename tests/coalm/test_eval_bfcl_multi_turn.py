@@ -28,7 +28,7 @@ CHAT = "I need more information before I can do that."
 
 @pytest.fixture(scope="module")
 def items():
-    return bfcl.load_examples(ROOT, types.SimpleNamespace(category="multi_turn", per_category_limit=None))
+    return bfcl.load_examples(ROOT, bfcl.Options(category="multi_turn", per_category_limit=None))
 
 
 @pytest.fixture(scope="module")
@@ -326,14 +326,32 @@ def test_saved_results_round_trip_and_bad_shapes(items, tmp_path):
         bfcl.evaluate([ex], bfcl.read_responses(f))
 
 
-def test_task_generate_hook_mixes_single_and_multi_turn(items):
-    single = bfcl.load_examples(ROOT, types.SimpleNamespace(category="simple", per_category_limit=3))
-    mixed = single + items[:1]
+def test_runner_mixes_single_and_multi_turn_and_resumes(items, tmp_path):
+    from coalm.eval.base import ItemError
+    from coalm.eval.runner import ItemCache, generate
+
+    single = bfcl.load_examples(ROOT, bfcl.Options(category="simple", per_category_limit=3))
+    mixed = single + items[:2]
     model = ScriptedModel(lambda conv: CHAT)
     saves = []
-    args = types.SimpleNamespace(max_new_tokens=8, batch_size=2)
-    out = bfcl.generate(mixed, model, args, lambda done, resp: saves.append((len(done), len(resp))))
-    assert set(out) == {ex["id"] for ex in mixed}
-    assert [out[ex["id"]] for ex in single] == [CHAT] * 3
-    assert out[items[0]["id"]] == [[CHAT]] * len(items[0]["answer"])
-    assert model.batches[:2] == [2, 1] and saves[:2] == [(2, 2), (3, 3)] and saves[-1] == (4, 4)
+    cache = ItemCache(tmp_path / "cache.jsonl")
+    out = generate(bfcl.TASK, mixed, model, max_new_tokens=8, chunk=2, cache=cache,
+                   on_chunk=lambda o: saves.append(len(o.responses)))
+    assert set(out.responses) == {ex["id"] for ex in mixed} and not out.errors
+    assert [out.responses[ex["id"]] for ex in single] == [CHAT] * 3
+    assert out.responses[items[0]["id"]] == [[CHAT]] * len(items[0]["answer"])
+    assert model.batches[:2] == [2, 1] and saves[:2] == [2, 3] and saves[-1] == 5
+    # a rerun finds every item in the cache and asks nothing
+    again = ScriptedModel(lambda conv: CHAT)
+    assert generate(bfcl.TASK, mixed, again, max_new_tokens=8, chunk=2, cache=cache).responses == out.responses
+    assert again.batches == []
+    # a multi-turn item whose request fails is that item's error; the other runs on
+    other = tmp_path / "other.jsonl"
+
+    class Failing:
+        def chat(self, conversations, max_new_tokens):
+            first = items[0]["messages"]
+            return [ItemError("HTTP 500") if c[:len(first)] == first else CHAT for c in conversations]
+
+    res = generate(bfcl.TASK, items[:2], Failing(), max_new_tokens=8, chunk=2, cache=ItemCache(other))
+    assert res.errors == {items[0]["id"]: "HTTP 500"} and set(res.responses) == {items[1]["id"]}

@@ -21,7 +21,7 @@ ARGS = ["--bench", "bfcl", "--data-root", str(ROOT), "--category", "simple,irrel
 
 def _responses(path):
     """irrelevance: prose (correct); live_relevance: a call (correct); simple: one right answer, one wrong, rest absent."""
-    exs = bfcl.load_examples(ROOT, types.SimpleNamespace(category="simple,irrelevance,live_relevance",
+    exs = bfcl.load_examples(ROOT, bfcl.Options(category="simple,irrelevance,live_relevance",
                                                          per_category_limit=4))
     simple = [e for e in exs if e["category"] == "simple"]
     ((_, params),) = simple[0]["answer"][0].items()
@@ -107,6 +107,7 @@ def test_user_errors_exit_2(tmp_path, monkeypatch, capsys, extra, message):
     assert not (tmp_path / "rep.json").exists()
 
 
+@pytest.mark.slow  # a subprocess
 def test_malformed_file_exits_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "simple_0", "result": "[f(x=1)]"}\n{"id": "simple_1", "result": [f(x=1)]}\n')

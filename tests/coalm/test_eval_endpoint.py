@@ -1,5 +1,6 @@
 """`coalm.eval --base-url` against `engine.serve` gives the same report as `--model` in-process; the endpoint backend
-keeps input order with requests in flight, and endpoint failures are one-line errors."""
+keeps input order with requests in flight; a bad key or model is a one-line error, a too-long prompt that item's
+error (the scripted flaky server of test_eval_endpoint_flaky.py covers the rest)."""
 
 import json
 import os
@@ -7,10 +8,11 @@ import os
 import pytest
 
 from coalm.eval.__main__ import main
-from coalm.eval.base import EvalError
+from coalm.eval.base import EvalError, ItemError
 from coalm.eval.endpoint import EndpointBackend
 from engine.serving import launch
 
+pytestmark = pytest.mark.slow  # starts engine.serve subprocesses
 MODEL = "smollm2-135m"
 ITEMS = ["--bench", "bfcl", "--category", "simple", "--limit", "3", "--max-new-tokens", "10"]
 
@@ -18,12 +20,14 @@ ITEMS = ["--bench", "bfcl", "--category", "simple", "--limit", "3", "--max-new-t
 def test_endpoint_report_equals_local_report(tmp_path, one_thread):
     local, remote = tmp_path / "local.json", tmp_path / "remote.json"
     with one_thread():
-        assert main(ITEMS + ["--model", MODEL, "--out", str(local)]) == 0
+        # one conversation at a time on both sides: in bf16 a batch's composition (which requests a busy server
+        # happens to decode together) can flip a greedy token, and that is not what this test is about
+        assert main(ITEMS + ["--model", MODEL, "--batch-size", "1", "--out", str(local)]) == 0
     # one OpenMP thread: under pytest -n 2 a two-thread server would fight the workers for the two cores
     with launch.server(["--model", MODEL, "--served-model-name", "coalm-smol", "--api-key", "k"],
                        env=dict(os.environ, OMP_NUM_THREADS="1"), log_dir=str(tmp_path)) as srv:
         assert main(ITEMS + ["--base-url", srv.base_url, "--model-name", "coalm-smol", "--api-key", "k",
-                             "--concurrency", "3", "--out", str(remote)]) == 0
+                             "--concurrency", "1", "--out", str(remote)]) == 0
     a, b = json.loads(local.read_text()), json.loads(remote.read_text())
     assert len(a["items"]) == 3
     assert a["items"] == b["items"] and a["summary"] == b["summary"]
@@ -46,7 +50,7 @@ def test_backend_order_default_model_and_errors(tmp_path, monkeypatch):
         assert backend.chat(convs, max_new_tokens=2) == [f"{i} {i} " for i in (3, 0, 5, 1, 4, 2)]  # max_tokens sent
         with pytest.raises(EvalError, match="answered 401"):
             EndpointBackend(srv.base_url, model_name="coalm-smol", api_key="wrong").chat(convs[:1], 2)
-        with pytest.raises(EvalError, match="answered 400.*context length"):
-            backend.chat([[{"role": "user", "content": "x " * 300}]], 2)
+        (too_long,) = backend.chat([[{"role": "user", "content": "x " * 300}]], 2)  # that item's error only
+        assert isinstance(too_long, ItemError) and "answered 400" in str(too_long) and "context length" in str(too_long)
         with pytest.raises(EvalError, match="answered 404"):
             EndpointBackend(srv.base_url, model_name="gpt-4", api_key="k").chat(convs[:1], 2)

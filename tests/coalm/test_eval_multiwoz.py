@@ -1,23 +1,20 @@
 """MultiWOZ evaluator: loader, strict and fuzzy JGA, slot F1, mwzeval-style Inform/Success, saved-output format."""
 
 import copy
+import functools
 import json
 import random
 
 import pytest
 
-from coalm.eval import multiwoz as mw
 from coalm.eval.base import EvalError, data_root
+from coalm.eval.multiwoz import bench as mw
 
 ROOT = data_root()
 pytestmark = pytest.mark.skipif(not (ROOT / "multiwoz").is_dir(), reason="no shared MultiWOZ data")
 
 
-class Args:
-    multiwoz_task = "dst"
-    multiwoz_file = mw.DEFAULT_FILE
-    multiwoz_version = None
-    multiwoz_subset = "quick"
+Args = functools.partial(mw.Options, multiwoz_subset="quick")
 
 
 @pytest.fixture(scope="module")
@@ -239,10 +236,8 @@ def test_bad_inputs_raise(tmp_path):
     with pytest.raises(EvalError, match="mwzeval dict"):
         mw.read_responses(bad)
 
-    class A(Args):
-        multiwoz_file = "nope.json"
     with pytest.raises(EvalError, match="nope.json"):
-        mw.load_examples(ROOT, A())
+        mw.load_examples(ROOT, Args(multiwoz_file="nope.json"))
 
 
 # ---------------------------------------------------------------- cross-tests against the libraries mwzeval runs
@@ -300,7 +295,7 @@ def test_strict_jga_is_exact_as_trade(quick):
     ("parking", "free", "yes"), ("area", "West", "West"),
 ])
 def test_mwzeval_value_normalisation(slot, value, want):
-    from coalm.eval.multiwoz_norm import mwz_slot, mwz_value
+    from coalm.eval.multiwoz.norm import mwz_slot, mwz_value
 
     assert mwz_value(mwz_slot(slot), value) == want
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 import time
-import types
 
 import pytest
 
@@ -88,7 +87,7 @@ def test_fuzz_bfcl_single_turn(tmp_path):
     from test_eval_bfcl import render_python
 
     rng = random.Random(101)
-    examples = bfcl.load_examples(ROOT, types.SimpleNamespace(category="single_turn", per_category_limit=60))
+    examples = bfcl.load_examples(ROOT, bfcl.Options(category="single_turn", per_category_limit=60))
     golds = [(ex, render_python(ex) if ex["answer"] else "[]") for ex in examples]
     pairs = [(ex, mutate(text, rng)) for _ in range(4) for ex, text in golds]
     assert len(pairs) >= 2000
@@ -103,7 +102,7 @@ def test_fuzz_bfcl_multi_turn(tmp_path):
     from test_eval_bfcl_multi_turn import gold_result
 
     rng = random.Random(202)
-    examples = bfcl.load_examples(ROOT, types.SimpleNamespace(category="multi_turn", per_category_limit=None))
+    examples = bfcl.load_examples(ROOT, bfcl.Options(category="multi_turn", per_category_limit=None))
     pairs = []
     for _ in range(6):
         for ex in examples:
@@ -135,9 +134,7 @@ def test_fuzz_api_bank(tmp_path):
 @pytest.mark.skipif(not (ROOT / "multiwoz").is_dir(), reason="needs the shared MultiWOZ data")
 def test_fuzz_multiwoz(tmp_path):
     rng = random.Random(404)
-    args = types.SimpleNamespace(multiwoz_task="dst", multiwoz_file=mw.DEFAULT_FILE, multiwoz_version=None,
-                                 multiwoz_subset="quick")
-    examples = mw.load_examples(ROOT, args)
+    examples = mw.load_examples(ROOT, mw.Options(multiwoz_subset="quick"))
     turns = rng.choices(examples, k=1500)
     pairs = []
     for ex in turns:  # DST: the state as the model would write it, mutated, parsed as generated text is

@@ -4,7 +4,9 @@ which is adversarial: deep nesting, huge or odd values and non-text must be pars
 import pytest
 
 from coalm.data import formats as F
-from coalm.eval import handlers as H
+from coalm.eval.api_bank.coalm_style import apibank_call
+from coalm.eval.multiwoz.coalm_style import multiwoz_turn_state
+from coalm.eval.task import HandlerError, decode_la
 
 HOSTILE = [
     "[" * 100_000,
@@ -28,8 +30,8 @@ def test_training_format_parsers_never_raise(text):
 
 @pytest.mark.parametrize("text", HOSTILE + [None, 5], ids=range(len(HOSTILE) + 2))
 def test_coalm_style_decoders_fail_as_handler_errors(text):
-    for decode in (H.decode_la, H.multiwoz_turn_state, H.apibank_call):
+    for decode in (decode_la, multiwoz_turn_state, apibank_call):
         try:
             decode(text)
-        except H.HandlerError:
+        except HandlerError:
             pass

@@ -14,8 +14,8 @@ import openai
 import pytest
 
 from engine.serving import launch
-from engine.serving.templating import la_instruction
 from engine.serving.tool_parsers import LAParser, Llama3JsonParser
+from engine.tool_formats import la_instruction, la_tools
 
 KEY = "test-key-123"
 MODEL = "smollm2-135m"
@@ -83,7 +83,7 @@ def test_prompt_carries_tools_call_and_result(srv, client):
             {"role": "tool", "tool_call_id": "c1", "content": "22 C and sunny"}]
     assert _ask(client, msgs).choices[0].message.content == "It is 22 C and sunny in Paris."
     prompt = json.loads(srv.log().split("fake model prompt: ")[-1].splitlines()[0])  # what the model was given
-    assert prompt.startswith("<|im_start|>system\n" + la_instruction([TOOLS[0]["function"]]))
+    assert prompt.startswith("<|im_start|>system\n" + la_instruction(la_tools([TOOLS[0]["function"]])))
     assert '<|im_start|>assistant\n[{"name": "get_weather", "arguments": {"city": "Oslo"}}]<|im_end|>' in prompt
     assert prompt.endswith("<|im_start|>tool\n22 C and sunny<|im_end|>\n<|im_start|>assistant\n")
 
@@ -133,16 +133,6 @@ def test_parsers_read_json_only_and_check_names():
     assert la.parse("```json\n" + CALL + "\n```", allowed) == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
     assert la.parse("[]", allowed) == [] and la.parse('[{"name": "f", "arguments": [1]}]', allowed) is None
     assert la.may_be_call("  [") and la.may_be_call("``") and not la.may_be_call("{")
-
-
-def test_la_instruction_matches_training_format():
-    from coalm.data.formats import la_instruction as coalm_la
-
-    params = {"city": {"type": "string", "description": "city name"}, "days": {"type": "integer"}}
-    tool = {"name": "forecast", "description": "Weather forecast", "parameters": {"type": "object",
-                                                                                  "properties": params}}
-    assert la_instruction([tool]) == coalm_la([{"name": "forecast", "description": "Weather forecast",
-                                                "parameters": params}])
 
 
 @pytest.mark.parametrize("body,param", [

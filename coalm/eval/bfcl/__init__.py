@@ -5,7 +5,8 @@ categories on bfcl-eval's own API backends, and the leaderboard's Overall.
     python -m coalm.eval --bench bfcl --model smollm2-135m --category simple --limit 20
     python -m coalm.eval --bench bfcl --model smollm2-135m --category all --per-category-limit 2
 
-Files: `prompts` (categories, prompt, loading, result files), `decode` (model text -> calls), `values` (Java and
+Files: `prompts` (categories, the official prompt), `coalm_style` (the CoALM-IT prompt and answer), `task` (options,
+loading, result files, the `Task`), `decode` (model text -> calls), `values` (Java and
 JavaScript source -> values), `checker` (single-turn AST checker), `executor` (multi-turn calls on the backends),
 `multi_turn` (items and the step loop), `multi_turn_check` (multi-turn checker), `aggregate` (scores, report).
 
@@ -47,7 +48,6 @@ mean of Non-Live and Live overall. Multi-turn items run and score as `multi_turn
 from coalm.eval.bfcl.aggregate import aggregate, evaluate
 from coalm.eval.bfcl.checker import check_call, check_calls, score_item, standardize
 from coalm.eval.bfcl.decode import DecodeError, decode_ast, is_call_list
-from coalm.eval.bfcl.multi_turn import generate
 from coalm.eval.bfcl.prompts import (
     FULL_V3_SIZES,
     GROUPS,
@@ -57,20 +57,16 @@ from coalm.eval.bfcl.prompts import (
     SINGLE_TURN,
     _read_jsonl,
     _unique_ids,
-    add_arguments,
     build_messages,
-    load_examples,
     parse_categories,
-    read_responses,
-    responses_from_texts,
-    write_responses,
 )
 from coalm.eval.bfcl.queries import test_queries
+from coalm.eval.bfcl.task import TASK, Options, load_examples, read_responses, responses_from_texts, write_responses
 from coalm.eval.bfcl.values import java_value, js_value
 
 __all__ = [
-    "FULL_V3_SIZES", "GROUPS", "MULTI_TURN", "RELEVANCE", "RESPONSES_SUFFIX", "SINGLE_TURN", "DecodeError",
-    "_read_jsonl", "_unique_ids", "add_arguments", "aggregate", "build_messages", "check_call", "check_calls",
-    "decode_ast", "evaluate", "generate", "is_call_list", "java_value", "js_value", "load_examples", "parse_categories",
+    "FULL_V3_SIZES", "GROUPS", "MULTI_TURN", "RELEVANCE", "RESPONSES_SUFFIX", "SINGLE_TURN", "TASK", "DecodeError",
+    "Options", "_read_jsonl", "_unique_ids", "aggregate", "build_messages", "check_call", "check_calls",
+    "decode_ast", "evaluate", "is_call_list", "java_value", "js_value", "load_examples", "parse_categories",
     "read_responses", "responses_from_texts", "score_item", "standardize", "test_queries", "write_responses",
 ]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from coalm.eval import handlers
 from coalm.eval.base import EvalError, brief, clip
+from coalm.eval.bfcl.coalm_style import bfcl_calls
 from coalm.eval.bfcl.decode import _no_call, decode_ast, is_call_list
 from coalm.eval.bfcl.prompts import RELEVANCE
 from coalm.eval.bfcl.values import _JS_TYPES, java_value, js_value
@@ -219,7 +219,7 @@ def check_calls(functions: list, calls: list, answers: list, language: str, cate
 
 def _decode(example: dict, result, language: str):
     """The item's prompt style decides the parser: Python call syntax (official) or the LA JSON list (coalm)."""
-    return handlers.bfcl_calls(result) if example.get("style") == "coalm" else decode_ast(result, language)
+    return bfcl_calls(result) if example.get("style") == "coalm" else decode_ast(result, language)
 
 
 def score_item(example: dict, result) -> dict:

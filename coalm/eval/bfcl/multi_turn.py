@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coalm.eval.base import EvalError, read_jsonl
+from coalm.eval.base import EvalError, ItemError, read_jsonl
 from coalm.eval.bfcl.executor import Backends, class_doc_files, decode_execute
 from coalm.eval.bfcl.prompts import build_messages
 
@@ -123,10 +123,15 @@ class Run:
 
 
 def generate_multi_turn(examples: list[dict], backend, max_new_tokens: int, on_step=None) -> dict:
-    """Run every item to its end, one model call per step with all items still running batched together."""
+    """Run every item to its end, one model call per step with all items still running batched together.
+
+    A backend may answer an `ItemError` (coalm.eval.backends) for one conversation: that item stops and is left out
+    of the results. `on_step(finished, failed)` gets, after every step, {id: result} of the items finished so far and
+    {id: message} of those that failed."""
     from tqdm import tqdm
 
     runs = [Run(ex) for ex in examples]
+    failed: dict = {}
     bar = tqdm(total=len(runs), desc="bfcl multi-turn", unit="item", disable=len(runs) < 2 and on_step is None)
     step = 0
     while True:
@@ -137,44 +142,17 @@ def generate_multi_turn(examples: list[dict], backend, max_new_tokens: int, on_s
         if len(texts) != len(active):
             raise RuntimeError(f"backend returned {len(texts)} texts for {len(active)} conversations")
         for run, text in zip(active, texts):
+            if isinstance(text, ItemError):
+                run.done, failed[run.ex["id"]] = True, str(text)
+                continue
             run.step(text if isinstance(text, str) else str(text))
         step += 1
         bar.set_postfix(step=step, running=sum(not r.done for r in runs))
         bar.update(sum(r.done for r in active))
         if on_step is not None:
-            on_step({r.ex["id"]: r.result for r in runs})
+            on_step({r.ex["id"]: r.result for r in runs if r.done and r.ex["id"] not in failed}, dict(failed))
     bar.close()
-    return {r.ex["id"]: r.result for r in runs}
-
-
-def generate(examples: list[dict], backend, args, save=None) -> dict:
-    """The task's generation hook: single-turn items one `chat` call each (in chunks), multi-turn items step by
-    step; `save(done_examples, responses)` is called after every chunk and every step."""
-    import coalm.eval.bfcl as task  # the package's responses_from_texts (prompt styles may wrap it)
-
-    max_new = getattr(args, "max_new_tokens", 256)
-    # As the CLI's one-shot loop: what one backend call should take (a DP backend splits it over its replicas).
-    chunk = getattr(backend, "per_call", None)
-    if not chunk:
-        chunk = getattr(args, "concurrency", 4) if getattr(args, "base_url", None) else getattr(args, "batch_size", 8)
-    chunk = max(1, int(chunk or 1))
-    single = [ex for ex in examples if "turns" not in ex]
-    multi = [ex for ex in examples if "turns" in ex]
-    responses: dict = {}
-    for i in range(0, len(single), chunk):
-        batch = single[i:i + chunk]
-        responses.update(task.responses_from_texts(batch, backend.chat([ex["messages"] for ex in batch], max_new)))
-        if save is not None:
-            save(single[:i + len(batch)], responses)
-
-    def on_step(results: dict) -> None:
-        responses.update(results)
-        if save is not None:
-            save(single + multi, responses)
-
-    if multi:
-        responses.update(generate_multi_turn(multi, backend, max_new, on_step))
-    return responses
+    return {r.ex["id"]: r.result for r in runs if r.ex["id"] not in failed}
 
 
 def check_result_shape(result, where: str, max_turns: int | None = None) -> None:

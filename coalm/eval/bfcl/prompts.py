@@ -1,14 +1,12 @@
-"""BFCL V3 categories, the leaderboard's prompt for Llama-family models, data loading and result files."""
+"""BFCL V3 categories and the leaderboard's prompt for Llama-family models (the official style)."""
 
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 from pathlib import Path
 
-from coalm.eval import handlers
-from coalm.eval.base import EvalError, benchmark_dir, json_text, read_jsonl, read_jsonl_lines
+from coalm.eval.base import EvalError, read_jsonl
 
 RESPONSES_SUFFIX = ".jsonl"
 
@@ -47,13 +45,6 @@ _PROMPT = (
     "Once you have no more functions to call, the system will consider the current turn complete and proceed to the "
     "next turn or task.\n\nHere is a list of functions in JSON format that you can invoke.\n{functions}\n\n"
 )
-
-
-def add_arguments(parser):
-    parser.add_argument("--category", default="all",
-                        help=f"BFCL categories or groups, comma-separated: {', '.join(GROUPS)}, "
-                             f"{', '.join(SINGLE_TURN + MULTI_TURN)}")
-    parser.add_argument("--per-category-limit", type=int, default=None, help="keep the first N items of each category")
 
 
 def parse_categories(spec: str) -> tuple[list[str], list[str]]:
@@ -122,88 +113,3 @@ def build_messages(question: list[dict], functions: list[dict], category: str) -
     else:
         msgs.insert(0, {"role": "system", "content": system})
     return msgs
-
-
-def load_examples(data_root, args=None) -> list[dict]:
-    from coalm.eval.bfcl.multi_turn import load_multi_turn  # here: multi_turn imports this module
-
-    root = benchmark_dir(data_root, "bfcl")
-    cats, multi = parse_categories(getattr(args, "category", None) or "all")
-    per_cat = getattr(args, "per_category_limit", None)
-    style = handlers.style(args)  # "coalm": the CoALM-IT LA format (coalm.eval.handlers)
-    if style == "coalm" and {"java", "javascript"} & set(cats):
-        raise EvalError("--prompt-style coalm covers BFCL's Python categories; java and javascript answers are "
-                        "Java/JavaScript source text (use --prompt-style official for them)")
-    per_category = []
-    for cat in cats:
-        examples = []
-        per_category.append(examples)
-        path = root / f"BFCL_v3_{cat}.json"
-        if not path.is_file():
-            raise EvalError(f"missing BFCL file {path}")
-        rows = _read_jsonl(path)[:per_cat] if per_cat else _read_jsonl(path)
-        answers = {}
-        if cat not in RELEVANCE:
-            ans_path = root / "possible_answer" / f"BFCL_v3_{cat}.json"
-            if not ans_path.is_file():
-                raise EvalError(f"missing BFCL possible answers {ans_path}")
-            answers = {r["id"]: r["ground_truth"] for r in _read_jsonl(ans_path)}
-        for uid, row in zip(_unique_ids([r["id"] for r in rows]), rows):
-            if cat not in RELEVANCE and row["id"] not in answers:
-                raise EvalError(f"{path}: item {row['id']} has no possible answer in {root / 'possible_answer'}")
-            examples.append({
-                "id": uid, "category": cat, "functions": row["function"], "answer": answers.get(row["id"]),
-                "messages": handlers.bfcl_messages(row["question"][0], row["function"]) if style == "coalm"
-                else build_messages(row["question"][0], row["function"], cat), "style": style,
-            })
-    per_category += [load_multi_turn(root, cat, per_cat) for cat in multi]
-    # Round robin over the categories, each in file order: `--limit N` then samples every category asked for.
-    return [ex for group in itertools.zip_longest(*per_category) for ex in group if ex is not None]
-
-
-# ---------------------------------------------------------------- saved responses (BFCL result JSONL)
-
-class Responses(dict):
-    """{item id: saved result}, remembering the file:line of each (for errors found once the items are known)."""
-
-    def __init__(self):
-        super().__init__()
-        self.where: dict[str, str] = {}
-
-
-def read_responses(path) -> Responses:
-    """BFCL result JSONL `{"id", "result", ...}`, or a directory of official `BFCL_v3_<cat>_result.json` files."""
-    from coalm.eval.bfcl.multi_turn import check_result_shape
-
-    path = Path(path)
-    files = sorted(path.glob("**/BFCL_v3_*_result.json")) if path.is_dir() else [path]
-    if not files:
-        raise EvalError(f"no BFCL_v3_*_result.json files under {path}")
-    out = Responses()
-    for f in files:
-        rows = read_jsonl_lines(f, keys=("id",))
-        for lineno, row in rows:
-            if not isinstance(row["id"], str):
-                raise EvalError(f"{f}:{lineno}: 'id' must be a string, got {type(row['id']).__name__}")
-            if "result" not in row:
-                raise EvalError(f"{f}:{lineno}: row (id {row['id'][:100]}) has no 'result'")
-            if row["id"].startswith("multi_turn"):
-                check_result_shape(row["result"], f"{f}:{lineno}")
-        for uid, (lineno, row) in zip(_unique_ids([r["id"] for _, r in rows]), rows):
-            out[uid] = row["result"]
-            out.where[uid] = f"{f}:{lineno}"
-    return out
-
-
-def responses_from_texts(examples, texts) -> dict:
-    return {ex["id"]: text for ex, text in zip(examples, texts)}
-
-
-def write_responses(path, examples, responses) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for ex in examples:
-            if ex["id"] in responses:
-                f.write(json_text({"id": ex["id"].split("#")[0], "result": responses[ex["id"]]}) + "\n")
-    return path

@@ -8,7 +8,7 @@ are not loaded. Prompts and the history rendering are the official ones; level-2
 ToolSearcher description. The official prompt lists the dialogue's APIs from a Python set (order varies run to run);
 we list them in order of first use.
 
-Calls (parsing and value rules: `coalm.eval.api_bank_calls`) are parsed as the official `parse_api_call` does
+Calls (parsing and value rules: `coalm.eval.api_bank.calls`) are parsed as the official `parse_api_call` does
 (regexes only; nothing is evaluated): the first `[Name(...)]` on one line, then `key='v'` / `key="v"` (value up to
 the next quote of either kind), `key=[...]` (greedy) or `key=word`; every value is a string.
 
@@ -43,13 +43,14 @@ index within the file, plus "file", "level", "kind", "messages", "gold". Saved o
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from coalm.eval import handlers
 from coalm.eval._text_metrics import llamafactory_scores, rouge_f
 
-# Call parsing and the value rules live in api_bank_calls; re-exported here, where the tests and handlers find them.
-from coalm.eval.api_bank_calls import (  # noqa: F401
+# Call parsing and the value rules live in `calls`; re-exported here, where the tests find them.
+from coalm.eval.api_bank import coalm_style
+from coalm.eval.api_bank.calls import (  # noqa: F401
     _PARAM_RE,
     _RULES,
     MAX_CALL_CHARS,
@@ -63,6 +64,8 @@ from coalm.eval.api_bank_calls import (  # noqa: F401
     value_matches,
 )
 from coalm.eval.base import EvalError, benchmark_dir, clip, read_jsonl
+from coalm.eval.options import opt
+from coalm.eval.task import HandlerError, Task
 
 LEVEL_DIRS = {1: "level-1-given-desc", 2: "level-2-toolsearcher"}
 KINDS = ("api_call", "response")
@@ -111,10 +114,10 @@ def render_history_item(item: dict) -> dict:
 
 # ---------------------------------------------------------------- the module interface
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--apibank-levels", default="1,2", help="API-Bank levels to score: 1, 2 or 1,2")
-    parser.add_argument("--apibank-kinds", default="api_call,response",
-                        help="API-Bank sample kinds: api_call (Rate), response (Rouge-L), or both")
+@dataclass
+class Options:
+    apibank_levels: str = opt("1,2", "API-Bank levels to score: 1, 2 or 1,2")
+    apibank_kinds: str = opt("api_call,response", "API-Bank sample kinds: api_call (Rate), response (Rouge-L), or both")
 
 
 def _csv_choice(text: str, valid, what: str, cast=str):
@@ -146,15 +149,15 @@ def official_samples(rows: list[dict]) -> list[tuple[list[dict], dict]]:
     return out
 
 
-def load_examples(data_root, args=None) -> list[dict]:
+def load_examples(data_root, options: Options | None = None, style: str = "official") -> list[dict]:
+    options = options or Options()
     root = benchmark_dir(data_root, "apibank")
-    levels = _csv_choice(getattr(args, "apibank_levels", "1,2"), tuple(LEVEL_DIRS), "API-Bank level", int)
-    kinds = _csv_choice(getattr(args, "apibank_kinds", ",".join(KINDS)), KINDS, "API-Bank kind")
+    levels = _csv_choice(options.apibank_levels, tuple(LEVEL_DIRS), "API-Bank level", int)
+    kinds = _csv_choice(options.apibank_kinds, KINDS, "API-Bank kind")
     desc_path = root / "api_descriptions.json"
     if not desc_path.is_file():
         raise EvalError(f"missing {desc_path}")
     descs = {d["name"]: d for d in json.loads(desc_path.read_text())}
-    style = handlers.style(args)
 
     def describe(name):
         if name not in descs:
@@ -182,10 +185,10 @@ def load_examples(data_root, args=None) -> list[dict]:
                     prompt = RESPONSE_PROMPT + "\n".join(map(describe, apis))
                     gold = {"text": target["text"]}
                 messages = [{"role": "system", "content": prompt}] + [render_history_item(h) for h in history]
-                if style == "coalm":  # CoALM-IT formats (coalm.eval.handlers): LA calls, CRA replies
+                if style == "coalm":  # CoALM-IT formats (coalm_style): LA calls, CRA replies
                     shown = [descs[n] for n in (["ToolSearcher"] if level == 2 and kind == "api_call" else apis)]
-                    messages = (handlers.apibank_call_messages if kind == "api_call"
-                                else handlers.apibank_response_messages)(history, shown)
+                    messages = (coalm_style.apibank_call_messages if kind == "api_call"
+                                else coalm_style.apibank_response_messages)(history, shown)
                 examples.append({"id": f"{path.name}#{sid}", "index": sid, "file": path.name, "level": level,
                                  "kind": kind, "messages": messages, "gold": gold, "style": style,
                                  "api_desc": descs.get(gold.get("api_name"))})
@@ -234,10 +237,10 @@ def _mean(xs):
 def _check_pred(ex: dict, pred: str):
     """(correct, error type) of a call sample's output, read in the sample's prompt style."""
     g = ex["gold"]
-    if ex.get("style") == "coalm":  # the LA JSON list (coalm.eval.handlers)
+    if ex.get("style") == "coalm":  # the LA JSON list (coalm_style)
         try:
-            parsed = handlers.apibank_call(pred)
-        except handlers.HandlerError:
+            parsed = coalm_style.apibank_call(pred)
+        except HandlerError:
             return False, "decoder_failed"
     else:
         parsed = parse_api_call(pred)
@@ -272,7 +275,7 @@ def _score_one(ex: dict, pred, item: dict, stats: dict) -> None:
             stats["missing"] += 1
         else:
             if ex.get("style") == "coalm":
-                pred = handlers.apibank_reply(pred)  # the reply after "System:"
+                pred = coalm_style.apibank_reply(pred)  # the reply after "System:"
             score, err = (rouge_f(pred[:MAX_METRIC_CHARS], ex["gold"]["text"]) if pred.strip() else 0.0), None
         stats["rouge"].append(score)
         item.update(score=score, error_type=err)
@@ -319,3 +322,31 @@ def evaluate(examples: list[dict], responses: dict) -> dict:
     summary["calls_by_rule_source"] = {
         src: sum(1 for it in items if it.get("rule_source") == src) for src in ("official", "inferred", "approx")}
     return {"summary": summary, "items": items}
+
+
+class ApiBankTask(Task):
+    name = "api-bank"
+    Options = Options
+    styles = ("official", "coalm")
+    responses_suffix = RESPONSES_SUFFIX
+
+    def load(self, root, options, style="official"):
+        return load_examples(root, options, self.check_style(style))
+
+    def read_responses(self, path):
+        return read_responses(path)
+
+    def write_responses(self, path, examples, responses):
+        return write_responses(path, examples, responses)
+
+    def responses_from_texts(self, examples, texts):
+        return responses_from_texts(examples, texts)
+
+    def score(self, examples, responses):
+        return evaluate(examples, responses)
+
+    def test_queries(self, root):
+        return test_queries(root)
+
+
+TASK = ApiBankTask()

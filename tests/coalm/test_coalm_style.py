@@ -1,4 +1,4 @@
-"""Prompt handlers: the CoALM-IT style of BFCL and API-Bank must give the same verdicts as the official style.
+"""The CoALM-IT prompt style of BFCL and API-Bank (`<bench>/coalm_style.py`) must give the same verdicts as the official style.
 
 The reference is each benchmark's official path: every gold answer in the shared data is rendered twice, once as
 the official text (Python calls for BFCL, `[Name(k='v')]` for API-Bank) and once as the LA JSON list, and both go
@@ -6,7 +6,6 @@ through the same checker; the verdicts must agree item by item, and (bar BFCL it
 its own function docs) be correct.
 """
 
-import argparse
 import ast
 import json
 import random
@@ -14,8 +13,13 @@ import random
 import pytest
 
 from coalm.data import formats as F
-from coalm.eval import api_bank, bfcl, handlers
+from coalm.eval import api_bank, bfcl
+from coalm.eval.api_bank.bench import _check_pred
+from coalm.eval.api_bank.coalm_style import apibank_call
+from coalm.eval.base import EvalError
 from coalm.eval.bfcl.checker import score_item
+from coalm.eval.multiwoz.coalm_style import multiwoz_responses
+from coalm.eval.task import HandlerError, decode_la
 from coalm.paths import data_root
 
 ROOT = data_root()
@@ -40,7 +44,7 @@ def _gold_calls(answer):
 
 @needs_data
 def test_bfcl_every_gold_answer_scores_the_same_as_la_json():
-    exs = bfcl.load_examples(ROOT, argparse.Namespace(category=AST_PY, per_category_limit=None, prompt_style="coalm"))
+    exs = bfcl.load_examples(ROOT, bfcl.Options(category=AST_PY, per_category_limit=None), "coalm")
     assert len(exs) > 1400 and all(ex["style"] == "coalm" for ex in exs)
     correct = 0
     for ex in exs:
@@ -57,8 +61,7 @@ def test_bfcl_every_gold_answer_scores_the_same_as_la_json():
 
 @needs_data
 def test_bfcl_relevance_and_bad_output_in_la_style():
-    exs = bfcl.load_examples(ROOT, argparse.Namespace(category="irrelevance,simple", per_category_limit=3,
-                                                      prompt_style="coalm"))
+    exs = bfcl.load_examples(ROOT, bfcl.Options(category="irrelevance,simple", per_category_limit=3), "coalm")
     irr = next(ex for ex in exs if ex["category"] == "irrelevance")
     simple = next(ex for ex in exs if ex["category"] == "simple")
     call = F.la_output(_gold_calls(simple["answer"]))
@@ -74,7 +77,7 @@ def test_bfcl_relevance_and_bad_output_in_la_style():
 
 @needs_data
 def test_bfcl_la_prompt_shows_types_and_optional_parameters():
-    exs = bfcl.load_examples(ROOT, argparse.Namespace(category="simple", per_category_limit=5, prompt_style="coalm"))
+    exs = bfcl.load_examples(ROOT, bfcl.Options(category="simple", per_category_limit=5), "coalm")
     ex = exs[0]
     system, user = ex["messages"]
     assert system["role"] == "system" and system["content"].startswith(F.LA_TASK)
@@ -87,7 +90,7 @@ def test_bfcl_la_prompt_shows_types_and_optional_parameters():
         assert ("default" in tools[0]["parameters"][name]) == (name not in required)
     assert user["content"] == ex_question(ex)
     with pytest.raises(Exception, match="Python categories"):
-        bfcl.load_examples(ROOT, argparse.Namespace(category="java", per_category_limit=1, prompt_style="coalm"))
+        bfcl.load_examples(ROOT, bfcl.Options(category="java", per_category_limit=1), "coalm")
 
 
 def ex_question(ex):
@@ -98,8 +101,7 @@ def ex_question(ex):
 
 @needs_data
 def test_apibank_every_gold_call_scores_correct_as_la_json():
-    exs = api_bank.load_examples(ROOT, argparse.Namespace(apibank_levels="1,2", apibank_kinds="api_call",
-                                                          prompt_style="coalm"))
+    exs = api_bank.load_examples(ROOT, api_bank.Options(apibank_levels="1,2", apibank_kinds="api_call"), "coalm")
     rng = random.Random(0)
     for ex in exs:
         g = ex["gold"]
@@ -108,21 +110,20 @@ def test_apibank_every_gold_call_scores_correct_as_la_json():
             if v.startswith("[") and v.endswith("]") and rng.random() < 0.5:
                 v = ast.literal_eval(v)  # a list parameter written as a JSON list, as a model would
             args[k] = v
-        ok, err = api_bank._check_pred(ex, F.la_output([{"name": g["api_name"], "arguments": args}]))
-        official = api_bank._check_pred(dict(ex, style="official"), api_bank.render_call(g["api_name"],
+        ok, err = _check_pred(ex, F.la_output([{"name": g["api_name"], "arguments": args}]))
+        official = _check_pred(dict(ex, style="official"), api_bank.render_call(g["api_name"],
                                                                                          g["param_dict"]))
         assert ok and official == (True, None), (ex["id"], err)
     ex = exs[0]
-    assert api_bank._check_pred(ex, "[]") == (False, "no_call")
-    assert api_bank._check_pred(ex, "AddAgenda(time='x')") == (False, "decoder_failed")
+    assert _check_pred(ex, "[]") == (False, "no_call")
+    assert _check_pred(ex, "AddAgenda(time='x')") == (False, "decoder_failed")
     system, user = ex["messages"]
     assert system["content"].startswith(F.LA_TASK) and user["content"].startswith("User: ")
 
 
 @needs_data
 def test_apibank_response_samples_in_cra_format():
-    exs = api_bank.load_examples(ROOT, argparse.Namespace(apibank_levels="1", apibank_kinds="response",
-                                                          prompt_style="coalm"))
+    exs = api_bank.load_examples(ROOT, api_bank.Options(apibank_levels="1", apibank_kinds="response"), "coalm")
     ex = exs[0]
     system, user = ex["messages"]
     assert system["content"].startswith(F.CRA_TASK)
@@ -144,21 +145,21 @@ def test_apibank_response_samples_in_cra_format():
 
 
 def test_decode_la_and_multiwoz_merge():
-    assert handlers.decode_la('[{"name": "f", "arguments": {"a": 1}}] trailing') == [{"name": "f",
+    assert decode_la('[{"name": "f", "arguments": {"a": 1}}] trailing') == [{"name": "f",
                                                                                       "arguments": {"a": 1}}]
-    assert handlers.decode_la('[{"name": "f"}]') == [{"name": "f", "arguments": {}}]
+    assert decode_la('[{"name": "f"}]') == [{"name": "f", "arguments": {}}]
     for bad in ("", "{}", "[1]", '[{"name": "f", "arguments": []}]', "[", None):
-        with pytest.raises(handlers.HandlerError):
-            handlers.decode_la(bad)
-    assert handlers.apibank_call('[{"name": "A", "arguments": {"on": true, "n": 2, "l": ["x", "y"], "o": null}}]') \
+        with pytest.raises(HandlerError):
+            decode_la(bad)
+    assert apibank_call('[{"name": "A", "arguments": {"on": true, "n": 2, "l": ["x", "y"], "o": null}}]') \
         == ("A", {"on": "True", "n": "2", "l": "['x', 'y']"})
     t1 = 'System: {"domain": "hotel", "slot_values": {"area": "north"}}'
     t2 = 'System: {"domain": "train", "slot_values": {"day": "monday"}}'
     t3 = 'System: {"domain": "hotel", "slot_values": {"area": "north", "stars": "4"}}'
     exs = [{"id": f"d:{i}", "dialogue_id": "d"} for i in range(4)] + [{"id": "e:0", "dialogue_id": "e"}]
-    out = handlers.multiwoz_responses(exs, [t1, "garbage", t2, t3, t2])
+    out = multiwoz_responses(exs, [t1, "garbage", t2, t3, t2])
     assert out["d:1"]["state"] == {"hotel": {"area": "north"}} and out["d:1"]["parse_error"]
     assert out["d:3"]["state"] == {"hotel": {"area": "north", "stars": "4"}, "train": {"day": "monday"}}
     assert out["e:0"]["state"] == {"train": {"day": "monday"}}
-    with pytest.raises(ValueError, match="prompt style"):
-        handlers.style(argparse.Namespace(prompt_style="hammer"))
+    with pytest.raises(EvalError, match="prompt style"):
+        bfcl.TASK.check_style("hammer")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from coalm.eval.base import EvalError
-from coalm.eval.multiwoz_norm import DONTCARE, mwz_slot, mwz_value, norm_slot, norm_value, partial_ratio, time_minutes
+from coalm.eval.multiwoz.norm import DONTCARE, mwz_slot, mwz_value, norm_slot, norm_value, partial_ratio, time_minutes
 
 # mwzeval's placeholder names: unified slot -> the delexicalised spellings it maps there (anything else -> "").
 _SLOT_NAMES = {

@@ -17,10 +17,10 @@ A predicted state keeps its values as written; only domain and slot names are ma
 - strict JGA, as TRADE computes it: the turn's set of (domain, slot, value) equals the gold set, values compared
   exactly, case included; slot precision/recall/F1 (strict) micro-averaged over turns next to it;
 - fuzzy JGA and slot P/R/F1, as mwzeval's `get_dst`: both states through mwzeval's `normalize_data` (see
-  `multiwoz_norm`), the reference without "dontcare" slots (mwzeval's MultiWOZ 2.2 gold states omit them), same
+  `norm`), the reference without "dontcare" slots (mwzeval's MultiWOZ 2.2 gold states omit them), same
   keys and every value with fuzzywuzzy's `partial_ratio > 95` (python-Levenshtein flavour);
 - Inform / Success as mwzeval's `get_success` on states normalised the same way, BLEU with sacrebleu as `get_bleu`
-  (see `multiwoz_success`). BLEU references are delexicalised here from the 2.1 `span_info`, not mwzeval's
+  (see `success`). BLEU references are delexicalised here from the 2.1 `span_info`, not mwzeval's
   MultiWOZ 2.2 references, so the number is not comparable to published mwzeval BLEU; without predicted states the
   2.1 gold states stand in for mwzeval's 2.2 ones.
 
@@ -33,11 +33,12 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from coalm.eval import handlers
 from coalm.eval.base import EvalError, benchmark_dir, clip, loads_json
-from coalm.eval.multiwoz_norm import (  # noqa: F401 - re-exported: the module's public names
+from coalm.eval.multiwoz import coalm_style
+from coalm.eval.multiwoz.norm import (  # noqa: F401 - re-exported: the module's public names
     EMPTY_VALUES,
     ONTOLOGY,
     gold_state,
@@ -47,7 +48,7 @@ from coalm.eval.multiwoz_norm import (  # noqa: F401 - re-exported: the module's
     normalize_state,
     partial_ratio,
 )
-from coalm.eval.multiwoz_success import (  # noqa: F401 - VenueDatabase re-exported
+from coalm.eval.multiwoz.success import (  # noqa: F401 - VenueDatabase re-exported
     VenueDatabase,
     bleu,
     dialog_inform_success,
@@ -56,6 +57,8 @@ from coalm.eval.multiwoz_success import (  # noqa: F401 - VenueDatabase re-expor
     normalize_response,
     parse_goal,
 )
+from coalm.eval.options import opt
+from coalm.eval.task import Task
 
 DEFAULT_FILE = "mwz21_test_shared900.json"
 TASKS = ("dst", "response")
@@ -119,13 +122,13 @@ def delexicalize(turn: dict) -> str:
 # ---------------------------------------------------------------- the module interface
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--multiwoz-task", default="dst", choices=TASKS, help="dst (JGA) or response (Inform/Success)")
-    parser.add_argument("--multiwoz-file", default=DEFAULT_FILE, help="dialogue file under the multiwoz data folder")
-    parser.add_argument("--multiwoz-version", default=None,
-                        help="MultiWOZ version label of --multiwoz-file (2.1 or 2.4); the shared file is 2.1")
-    parser.add_argument("--multiwoz-subset", default="all", choices=("all", "quick"),
-                        help="quick: the 200 dialogues of quick_subset200_ids.txt")
+@dataclass
+class Options:
+    multiwoz_task: str = opt("dst", "dst (JGA) or response (Inform/Success)", choices=TASKS)
+    multiwoz_file: str = opt(DEFAULT_FILE, "dialogue file under the multiwoz data folder")
+    multiwoz_version: str | None = opt(None, "MultiWOZ version label of --multiwoz-file (2.1 or 2.4); the shared "
+                                             "file is 2.1")
+    multiwoz_subset: str = opt("all", "quick: the 200 dialogues of quick_subset200_ids.txt", choices=("all", "quick"))
 
 
 def dialogue_key(dial_id: str) -> str:
@@ -155,22 +158,22 @@ def _response_messages(log, t):
     return [{"role": "system", "content": system}, {"role": "user", "content": _history(log, t) + "\nSystem:"}]
 
 
-def load_examples(data_root, args=None) -> list[dict]:
+def load_examples(data_root, options: Options | None = None, style: str = "official") -> list[dict]:
+    options = options or Options()
     folder = benchmark_dir(data_root, "multiwoz")
-    task = getattr(args, "multiwoz_task", "dst")
-    style = handlers.style(args)  # "coalm": DST in the CoALM-IT format (coalm.eval.handlers)
+    task = options.multiwoz_task
     if task not in TASKS:
         raise EvalError(f"unknown MultiWOZ task {task!r}; choose one of {', '.join(TASKS)}")
-    name = getattr(args, "multiwoz_file", DEFAULT_FILE)
+    name = options.multiwoz_file
     path = Path(name) if Path(name).is_absolute() else folder / name
     if not path.is_file():
         raise EvalError(f"MultiWOZ dialogue file {path} not found")
-    version = getattr(args, "multiwoz_version", None) or ("2.1" if path.name == DEFAULT_FILE else "unknown")
+    version = options.multiwoz_version or ("2.1" if path.name == DEFAULT_FILE else "unknown")
     data = json.loads(path.read_text())
     keep = None
     if (folder / "testListFile.txt").is_file():
         keep = {dialogue_key(x) for x in (folder / "testListFile.txt").read_text().split()}
-    if getattr(args, "multiwoz_subset", "all") == "quick":
+    if options.multiwoz_subset == "quick":
         quick = {dialogue_key(x) for x in (folder / "quick_subset200_ids.txt").read_text().split()}
         keep = quick if keep is None else keep & quick
     booked = {}
@@ -189,7 +192,7 @@ def load_examples(data_root, args=None) -> list[dict]:
             sys_turn = log[2 * t + 1]
             msgs = _dst_messages(log, t) if task == "dst" else _response_messages(log, t)
             if style == "coalm" and task == "dst":
-                msgs = handlers.multiwoz_messages(log, t, ONTOLOGY)
+                msgs = coalm_style.multiwoz_messages(log, t, ONTOLOGY)
             examples.append({
                 "id": f"{did}:{t}", "dialogue_id": did, "turn": t, "task": task, "data_version": version,
                 "style": style, "messages": msgs, "gold_state": gold_state(sys_turn.get("metadata", {})),
@@ -252,7 +255,7 @@ def responses_from_texts(examples, texts) -> dict:
     if len(texts) > len(examples):
         raise EvalError(f"{len(texts)} generated texts for {len(examples)} examples")
     if examples and examples[0].get("style") == "coalm" and examples[0]["task"] == "dst":
-        return handlers.multiwoz_responses(examples, texts)  # per-turn domain states merged along each dialogue
+        return coalm_style.multiwoz_responses(examples, texts)  # per-turn domain states merged along each dialogue
     out = {}
     for ex, text in zip(examples, texts):
         if ex["task"] == "dst":
@@ -361,3 +364,31 @@ def _response_metrics(examples, responses, items) -> dict:
     return {"inform": sum(informs) / len(informs), "success": sum(successes) / len(successes),
             "bleu_vs_delex_2.1_refs": bleu(hyps, refs),
             "bleu_rule": "sacrebleu corpus_bleu on mwzeval-normalised responses (as get_bleu), 2.1 references"}
+
+
+class MultiwozTask(Task):
+    name = "multiwoz"
+    Options = Options
+    styles = ("official", "coalm")
+    responses_suffix = RESPONSES_SUFFIX
+
+    def load(self, root, options, style="official"):
+        return load_examples(root, options, self.check_style(style))
+
+    def read_responses(self, path):
+        return read_responses(path)
+
+    def write_responses(self, path, examples, responses):
+        return write_responses(path, examples, responses)
+
+    def responses_from_texts(self, examples, texts):
+        return responses_from_texts(examples, texts)
+
+    def score(self, examples, responses):
+        return evaluate(examples, responses)
+
+    def test_queries(self, root):
+        return test_queries(root)
+
+
+TASK = MultiwozTask()
