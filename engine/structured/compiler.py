@@ -88,7 +88,7 @@ class GrammarCompiler:
         return Matcher(self.compile(grammar).deep_copy(), sorted(self.tokenizer.stop_ids))
 
     def for_request(self, tools=None, tool_choice="auto", fmt: str = "llama3", response_format=None,
-                    constrain_auto: bool = True) -> Matcher | None:
+                    constrain_auto: bool = True, max_calls: int | None = None) -> Matcher | None:
         """The matcher a chat request asks for, or None when it asks for no constraint.
 
         Tools are constrained for "required" and a named function always, and for "auto" when `constrain_auto`
@@ -96,7 +96,7 @@ class GrammarCompiler:
         """
         grammar = None
         if tools and tool_choice != "none" and (tool_choice != "auto" or constrain_auto):
-            grammar = tool_grammar(tools, fmt, tool_choice)
+            grammar = tool_grammar(tools, fmt, tool_choice, max_calls)
         if grammar is None:
             grammar = response_format_grammar(response_format)
         return None if grammar is None else self.matcher(grammar)
