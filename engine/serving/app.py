@@ -260,10 +260,11 @@ async def _complete(state, request: Request, seq, events, asm, rid, req, calls=N
         return JSONResponse({}, status_code=499)
     watch.cancel()
     content, finish = work.result()
-    if calls is not None and asm.tool_calls:  # a constrained call: the arguments exactly as written (and streamed)
-        calls.feed(prefix + seq.text)
+    if calls is not None:  # constrained calls: the arguments exactly as written (and streamed); at the token limit,
+        calls.feed(prefix + seq.text)  # the calls that were complete
         asm.tool_calls = calls.calls or asm.tool_calls
-    body = completion_body(rid, state.model_name, message(content, asm.tool_calls), _reason(asm, req, finish),
+    reason = "length" if finish == "length" and calls is not None else _reason(asm, req, finish)
+    body = completion_body(rid, state.model_name, message(content, asm.tool_calls), reason,
                            len(seq.prompt_ids), len(seq.ids))
     return JSONResponse(body)
 
@@ -291,12 +292,15 @@ async def _stream(state, seq, events, asm, rid, req: ChatRequest, include_usage:
                 streamed = True
                 yield _sse(chunk_body(rid, model, created, {"tool_calls": pieces}))
     rest = asm.finish()
-    if rest:
+    if rest and not streamed:  # (a constrained call list cut by the token limit: its complete calls went out)
         yield _sse(chunk_body(rid, model, created, {"content": rest}))
+    if streamed:
+        asm.tool_calls = calls.calls or asm.tool_calls
     if asm.tool_calls and not streamed:
         calls = [dict(c, index=i) for i, c in enumerate(asm.tool_calls)]
         yield _sse(chunk_body(rid, model, created, {"tool_calls": calls}))
-    yield _sse(chunk_body(rid, model, created, {}, _reason(asm, req, finish)))
+    reason = "length" if finish == "length" and streamed else _reason(asm, req, finish)
+    yield _sse(chunk_body(rid, model, created, {}, reason))
     if include_usage:
         yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
                     "usage": usage(len(seq.prompt_ids), len(seq.ids))})
