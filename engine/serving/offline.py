@@ -16,6 +16,7 @@ import sys
 import torch
 
 from ..loader import DTYPE_CHOICES, DTYPE_HELP
+from ..structured import cli as structured_cli
 from .runner import Runner
 from .sampling import Params, RequestError
 from .scheduler import Scheduler, Sequence
@@ -99,6 +100,7 @@ def main(argv=None):
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun)")
     p.add_argument("--quantize", choices=["nf4"], default=None, help="NF4 base weights (QLoRA's format)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
+    structured_cli.add_arguments(p)
     a = p.parse_args(argv)
     try:  # the request rules of the server, checked before the model loads
         Params(a.max_new_tokens, a.temperature, a.top_p, seed=a.seed)
@@ -120,8 +122,15 @@ def main(argv=None):
             else:
                 prompts.append(([{"role": "system", "content": a.system}] if a.system else [])
                                + [{"role": "user", "content": text}])
+        constrained = structured_cli.requests(a, tok, model.args.vocab_size)
         with torch.inference_mode():
-            outs = generate(model, tok, prompts, a.max_new_tokens, a.temperature, a.top_p, seed=a.seed)
+            if constrained is None:
+                outs = generate(model, tok, prompts, a.max_new_tokens, a.temperature, a.top_p, seed=a.seed)
+            else:  # the forced opening of a named tool_choice is part of the answer
+                ids, matchers, prefixes = constrained
+                new = generate_ids(model, ids, a.max_new_tokens, a.temperature, a.top_p, tok.stop_ids, seed=a.seed,
+                                   matchers=matchers)
+                outs = [pre + tok.decode(n) for pre, n in zip(prefixes, new)]
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
