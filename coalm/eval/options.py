@@ -42,7 +42,7 @@ class RunOptions:
                                        "failed items are recorded in the report)", positive=True)
     max_response_chars: int = opt(100_000, "longer --base-url answers are per-item errors", positive=True)
     constrained: str = opt("off", "on: grammar-constrained decoding of the answers that have a constrained form "
-                                  "(BFCL single-turn items, --prompt-style coalm) with --model", choices=("off", "on"))
+                                  "(--prompt-style coalm: BFCL single-turn items, API-Bank call samples) with --model", choices=("off", "on"))
 
 
 @dataclass
