@@ -68,7 +68,7 @@ class LocalBackend:
 
 def _constrained_chat(backend, conversations, max_new_tokens, constraints) -> list[str]:
     import engine
-    from engine.structured import GrammarCompiler, GrammarError
+    from engine.structured import GrammarCompiler, GrammarError, json_grammar
 
     if getattr(backend, "_compiler", None) is None:
         backend._compiler = GrammarCompiler(backend.tokenizer, backend.model.args.vocab_size)
@@ -78,8 +78,13 @@ def _constrained_chat(backend, conversations, max_new_tokens, constraints) -> li
         matchers = []
         for c in cons:
             try:
-                matchers.append(None if c is None else backend._compiler.for_request(
-                    tools=c["tools"], tool_choice=c.get("tool_choice", "auto"), fmt=c.get("fmt", "la")))
+                if c is None:
+                    matchers.append(None)
+                elif "json_schema" in c:  # an answer of one JSON value after a fixed prefix (MultiWOZ DST)
+                    matchers.append(backend._compiler.matcher(json_grammar(c["json_schema"], True, c.get("prefix", ""))))
+                else:
+                    matchers.append(backend._compiler.for_request(tools=c["tools"], fmt=c.get("fmt", "la"),
+                                                                  tool_choice=c.get("tool_choice", "auto")))
             except GrammarError as e:  # this item decodes freely; the others keep their grammars
                 logging.getLogger("coalm.eval").warning("constrained decoding off for one item: %s", e)
                 matchers.append(None)

@@ -192,14 +192,14 @@ def tool_grammar(tools: list[dict], fmt: str = "llama3", tool_choice="auto", max
     return "\n".join([start] + lines) + "\n"
 
 
-def json_grammar(schema=None, strict: bool = False) -> str:
+def json_grammar(schema=None, strict: bool = False, prefix: str = "") -> str:
     """Lark text for one JSON value: any object when `schema` is None (json_object), else the schema (closed
-    objects when `strict`, as OpenAI's strict mode requires)."""
+    objects when `strict`, as OpenAI's strict mode requires), after the fixed text `prefix` (e.g. "System: ")."""
     if schema is None:
         schema = {"type": "object"}
     check_schema(schema, "response_format schema")
     _check_size([schema])
-    return f"start: {_json(schema, closed=strict)}\n"
+    return f"start: {_lit(prefix) + ' ' if prefix else ''}{_json(schema, closed=strict)}\n"
 
 
 def response_format_grammar(response_format: dict | None) -> str | None:
