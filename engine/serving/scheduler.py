@@ -23,7 +23,7 @@ import threading
 
 import torch
 
-from ..structured.matcher import mask_logits
+from ..structured.matcher import mask_logits, prefetch_masks
 from .sampling import Params, RequestError, bad_rows, new_generator, sample
 
 __all__ = ["Params", "RequestError", "Scheduler", "Sequence", "TextTracker"]
@@ -268,6 +268,9 @@ class Scheduler:
             except Exception as e:  # noqa: BLE001 - whatever it is, it fails this sequence only
                 log.warning("sequence failed: %s: %s", type(e).__name__, e)
                 s.fail(e)
+        if any(m is not None for m in matchers):  # the next step's masks, computed while its forward runs
+            prefetch_masks([s.matcher if s.finish is None and not s.cancelled else None for s in seqs],
+                           logits.shape[-1])
 
     def _reap(self):
         keep = []

@@ -15,6 +15,7 @@ The bit unpacking is written here (numpy's unpackbits) rather than taken from `l
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 
 import llguidance
@@ -23,6 +24,7 @@ import torch
 
 log = logging.getLogger(__name__)
 _executor = None
+_prefetcher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-mask")
 
 
 def _get_executor() -> llguidance.LLExecutor:
@@ -48,9 +50,25 @@ class Matcher:
     when it admits nothing, the one forced to end the sequence)."""
 
     def __init__(self, ll: llguidance.LLMatcher, stop_ids):
-        self.ll = ll
+        self._ll = ll
         self.stop_ids = list(stop_ids)
         self.dead = False  # the grammar admitted no token: the sequence was made to stop
+        self._pending = None  # (future, bitmask, row): this state's mask, computed ahead by `prefetch_masks`
+
+    @property
+    def ll(self) -> llguidance.LLMatcher:
+        """The llguidance matcher, once no prefetch is using it (it is not safe to share between threads)."""
+        if self._pending is not None:
+            self._pending[0].result()
+        return self._ll
+
+    def _take_prefetched(self, words: int) -> torch.Tensor | None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        future, bitmask, row = pending
+        future.result()
+        return bitmask[row] if bitmask.shape[1] == words else None
 
     @property
     def is_terminated(self) -> bool:
@@ -79,6 +97,7 @@ class Matcher:
 
     def accept(self, token: int) -> bool:
         """Advance with the chosen token; False (and the matcher in its error state) when the grammar forbids it."""
+        self._take_prefetched(0)  # a mask computed ahead belongs to the state this token leaves
         if token in self.stop_ids and (self.ll.is_accepting() or self.ll.is_stopped()):
             return True
         ok = self.ll.consume_token(int(token))
@@ -88,6 +107,7 @@ class Matcher:
 
     def accept_text(self, token_ids) -> bool:
         """Advance over tokens that are already part of the output (a forced prefix such as a named call's head)."""
+        self._take_prefetched(0)
         return self.ll.consume_tokens([int(t) for t in token_ids])
 
 
@@ -97,10 +117,18 @@ def mask_logits(logits: torch.Tensor, matchers) -> None:
     if not rows:
         return
     vocab = logits.shape[-1]
-    bitmask = torch.empty((len(rows), bitmask_words(vocab)), dtype=torch.int32)
+    words = bitmask_words(vocab)
+    bitmask = torch.empty((len(rows), words), dtype=torch.int32)
     ms = [matchers[i] for i in rows]
-    _get_executor().unsafe_compute_mask_ptr([(m.ll, k) for k, m in enumerate(ms)], bitmask.data_ptr(),
-                                            bitmask.shape[1] * 4, len(rows))
+    todo = []
+    for k, m in enumerate(ms):  # masks computed during the forward (prefetch_masks) are ready; the rest now
+        ready = m._take_prefetched(words)
+        if ready is not None:
+            bitmask[k] = ready
+        else:
+            todo.append((m.ll, k))
+    if todo:
+        _get_executor().unsafe_compute_mask_ptr(todo, bitmask.data_ptr(), words * 4, len(rows))
     allowed = unpack_bitmask(bitmask, vocab)  # (R, V)
     for k, m in enumerate(ms):
         if m.dead or not bool(allowed[k].any()):
@@ -116,3 +144,18 @@ def mask_logits(logits: torch.Tensor, matchers) -> None:
     else:
         idx = torch.tensor(rows, device=logits.device)
         logits[idx] = logits[idx].masked_fill(~allowed, float("-inf"))
+
+
+def prefetch_masks(matchers, vocab_size: int) -> None:
+    """Start computing the next step's masks of `matchers` (None entries skipped) in a worker thread, so that they
+    are ready when the model's forward, which runs meanwhile, returns (llguidance drops the GIL, as torch does).
+    `mask_logits` then takes them; `accept` and every other use of a matcher wait for its prefetch first."""
+    ms = [m for m in matchers if m is not None and not m.dead and m._pending is None]
+    if not ms:
+        return
+    words = bitmask_words(vocab_size)
+    bitmask = torch.empty((len(ms), words), dtype=torch.int32)
+    lls = [(m._ll, k) for k, m in enumerate(ms)]
+    future = _prefetcher.submit(_get_executor().unsafe_compute_mask_ptr, lls, bitmask.data_ptr(), words * 4, len(ms))
+    for k, m in enumerate(ms):
+        m._pending = (future, bitmask, k)

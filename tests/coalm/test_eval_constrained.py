@@ -47,3 +47,47 @@ def _functions():
             row = json.loads(line)
             out[row["id"]] = row["function"]
     return out
+
+
+def test_constrained_api_bank_and_multiwoz_answers(tmp_path):
+    """API-Bank call samples: calls of the shown APIs with their argument names, the non-optional ones present;
+    MultiWOZ DST: `System: ` + one listed domain with its own slots, categorical values from the ontology."""
+    from coalm.eval.multiwoz.bench import dst_schema
+    from coalm.paths import data_root
+
+    backend = LocalBackend("debug", random_init=True, batch_size=4, dtype="fp32")
+    evaluate("api-bank", tmp_path / "ab.json", backend=backend, prompt_style="coalm", constrained="on", limit=4,
+             max_new_tokens=160)
+    from coalm.eval.api_bank.bench import TASK as AB
+
+    examples = {ex["id"]: ex for ex in AB.load(data_root(), AB.Options(), "coalm")}
+    for r in [json.loads(line) for line in (tmp_path / "ab.responses.jsonl").read_text().splitlines()]:
+        ex = examples[f"{r['file']}#{r['id']}"]
+        if "shown" not in ex:
+            continue  # a response sample: free text
+        try:
+            calls = json.loads(r["pred"])
+        except json.JSONDecodeError:
+            assert len(backend.tokenizer.encode(r["pred"])) >= 156, r
+            continue
+        apis = {d["name"]: d.get("input_parameters") or {} for d in ex["shown"]}
+        assert calls, r
+        for c in calls:
+            params = apis[c["name"]]
+            assert set(c["arguments"]) <= set(params), r
+            assert {k for k, p in params.items() if not p.get("description", "").startswith("[Optional]")} \
+                <= set(c["arguments"]), r
+    evaluate("multiwoz", tmp_path / "mw.json", backend=backend, prompt_style="coalm", constrained="on", limit=4,
+             max_new_tokens=120)
+    schema = dst_schema(str(data_root() / "multiwoz"))
+    # the raw answers: the runner's per-item cache keeps each output text
+    texts = [json.loads(line)["text"] for line in (tmp_path / "mw.cache.jsonl").read_text().splitlines()]
+    assert texts
+    for text in texts:
+        assert text.startswith("System: "), text
+        try:
+            answer = json.loads(text[len("System: "):])
+        except json.JSONDecodeError:
+            assert len(backend.tokenizer.encode(text)) >= 116, text
+            continue
+        jsonschema.validate(answer, schema)

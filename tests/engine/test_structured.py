@@ -189,3 +189,22 @@ def test_unpack_bitmask_matches_bit_arithmetic():
         bm = torch.randint(-2**31, 2**31 - 1, (3, words), dtype=torch.int32)
         ref = torch.tensor([[(int(bm[r, t // 32]) >> (t % 32)) & 1 for t in range(vocab)] for r in range(3)]).bool()
         assert torch.equal(unpack_bitmask(bm, vocab), ref), vocab
+
+
+def test_prefetched_masks_equal_masks_computed_in_step(debug_model):
+    from engine.structured.matcher import prefetch_masks
+
+    model, tok, compiler = debug_model
+    g = tool_grammar([{"name": "get", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}],
+                     "la", "required")
+    ahead, now = compiler.matcher(g), compiler.matcher(g)
+    for t in tok.encode('[{"name": "get", "arguments": {"q": "ab"}}]'):
+        logits = torch.randn(1, model.args.vocab_size)
+        a, b = logits.clone(), logits.clone()
+        prefetch_masks([ahead, None], model.args.vocab_size)
+        mask_logits(a, [ahead])
+        mask_logits(b, [now])
+        assert torch.equal(a, b) and torch.isfinite(a[0, t])
+        prefetch_masks([ahead], model.args.vocab_size)  # a prefetch that accept() must wait for and drop
+        assert ahead.accept(t) and now.accept(t)
+    assert ahead.is_terminated and now.is_terminated
