@@ -148,7 +148,7 @@ def test_nf4_decode(benchmark, report, models, batch):
         q_bytes, other = _weight_bytes(m["nf4"])
         bound = bw / (q_bytes + other)
         print(f"\n  copy bandwidth {bw / 1e9:.1f} GB/s; weights read per token: NF4 linears {q_bytes / 1e6:.1f} MB + "
-              f"fp32 lm_head {other / 1e6:.1f} MB; bound {bound:.1f} tok/s; ours {1 / step:.1f} tok/s "
+              f"int8 LM head {other / 1e6:.1f} MB; bound {bound:.1f} tok/s; ours {1 / step:.1f} tok/s "
               f"({1 / step / bound:.0%} of the bound; NF4 bytes alone would allow {bw / q_bytes:.0f} tok/s)")
         report("nf4 decode b1 vs copy-bandwidth bound", step, "fraction of bound", 1 / step / bound,
                copy_gb_s=bw / 1e9, nf4_mb=q_bytes / 1e6, lm_head_mb=other / 1e6, bound_tokens_per_s=bound,

@@ -6,7 +6,7 @@ Megatron-style layout over the `tp` ranks of a group (the `tp` dimension of `eng
 - q/k/v/gate/up are column-parallel (output rows split: each rank owns n_heads/tp query heads, n_kv_heads/tp KV
   heads and ffn_dim/tp MLP channels); o/down are row-parallel (input columns split). Each block's attention and MLP
   therefore start with `copy_to_parallel` and end with `reduce_from_parallel` (engine.tp_layers): one all-reduce
-  per sublayer each way. The model's `view(B, T, -1, head_dim)` and `new_cache` read the local head counts.
+  per sublayer each way. The model's `view(B, T, -1, head_dim)` and the KV cache read the local head counts.
 - embed_tokens and lm_head are vocab-parallel over the same rows, so tied embeddings stay one Parameter;
   `model.loss` is rebound to the vocab-parallel cross-entropy, which never gathers the logits.
 - LoRA: column-parallel layers keep A replicated and B sharded, row-parallel ones A sharded and B replicated. A

@@ -185,7 +185,8 @@ class Scheduler:
                 s.fail(e)
             self._reap()
             return
-        self.steps += 1
+        # decode_steps counts forwards that decoded (prefill-only ones not): what /health has always reported
+        self.steps += any(len(ids) == 1 and s.next is not None for (_, ids, _), s in zip(segs, owners))
         ready = [(i, s) for i, s in enumerate(owners) if s.done_prompt == len(s.prompt_ids)]
         if ready:
             rows = torch.tensor([i for i, _ in ready], device=logits.device)
