@@ -77,6 +77,7 @@ def test_constrained_api_bank_and_multiwoz_answers(tmp_path):
             assert set(c["arguments"]) <= set(params), r
             assert {k for k, p in params.items() if not p.get("description", "").startswith("[Optional]")} \
                 <= set(c["arguments"]), r
+            assert all(isinstance(v, str) for k, v in c["arguments"].items() if params[k].get("type") == "str"), r
     evaluate("multiwoz", tmp_path / "mw.json", backend=backend, prompt_style="coalm", constrained="on", limit=4,
              max_new_tokens=120)
     schema = dst_schema(str(data_root() / "multiwoz"))
@@ -91,3 +92,14 @@ def test_constrained_api_bank_and_multiwoz_answers(tmp_path):
             assert len(backend.tokenizer.encode(text)) >= 116, text
             continue
         jsonschema.validate(answer, schema)
+
+
+def test_suite_constrained_column_needs_the_coalm_style():
+    import pytest
+
+    from coalm.eval.base import EvalError
+    from coalm.eval.suite import parse_args
+
+    with pytest.raises(EvalError, match="prompt-style coalm"):
+        parse_args(["--suite", "coalm", "--model", "m", "--constrained", "on"])
+    assert parse_args(["--suite", "coalm", "--model", "m", "--constrained", "on", "--prompt-style", "coalm"]).constrained == "on"

@@ -352,14 +352,15 @@ class ApiBankTask(Task):
 
     def constraint(self, example):
         # a call sample's LA answer: >= 1 call of the APIs shown, their argument names, the non-optional ones
-        # required; values stay free (API-Bank compares them as strings, whatever JSON type the model writes)
+        # required; "str" arguments are strings, other values stay free (API-Bank compares them as strings)
         if "shown" not in example:
             return None
         tools = []
         for d in example["shown"]:
             params = d.get("input_parameters") or {}
             required = [k for k, p in params.items() if not str(p.get("description", "")).startswith("[Optional]")]
-            tools.append({"name": d["name"], "parameters": {"type": "object", "properties": {k: {} for k in params},
+            props = {k: {"type": "string"} if p.get("type") == "str" else {} for k, p in params.items()}
+            tools.append({"name": d["name"], "parameters": {"type": "object", "properties": props,
                                                             "required": required}})
         return {"tools": tools, "tool_choice": "required", "fmt": "la"}
 
