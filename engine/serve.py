@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds a connection has to send a request's headers (slow clients are closed)")
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request's body may take to arrive")
     p.add_argument("--keep-alive-timeout", type=float, default=5.0, help="seconds an idle connection is kept open")
+    p.add_argument("--structured", default="auto", choices=["auto", "off"],
+                   help="grammar-constrained decoding for tool_choice 'required' / named, strict tools and "
+                        "response_format (auto); off: such requests get a 400")
     p.add_argument("--fake-model", help=argparse.SUPPRESS)  # tests: a scripted model (engine/serving/fake.py)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -170,8 +173,14 @@ def main(argv=None) -> int:
     from .serving.app import ServerState, create_app
     from .serving.connections import protocol_class
 
+    compiler = None
+    if a.structured == "auto":  # the vocabulary as an llguidance tokenizer: ~1 s, once
+        from .structured import GrammarCompiler
+
+        model = getattr(getattr(scheduler, "runner", None), "model", None)
+        compiler = GrammarCompiler(tok, model.args.vocab_size if model is not None else None)
     state = ServerState(scheduler.start(), tok, a.served_model_name or a.model, fmt, max_len, api_key,
-                        a.max_request_bytes, a.body_timeout)
+                        a.max_request_bytes, a.body_timeout, a.structured, compiler)
     config = uvicorn.Config(create_app(state), log_level=a.log_level, timeout_graceful_shutdown=5,
                             timeout_keep_alive=a.keep_alive_timeout,
                             http=protocol_class(a.header_timeout, a.max_connections))

@@ -12,6 +12,7 @@ text of a conversation whose request failed. Tasks that need several model steps
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Protocol
@@ -49,8 +50,14 @@ class LocalBackend:
         self.model, self.tokenizer = engine.load(model, adapter=adapter, **load_kwargs)
         print(describe_dtype(dtype, self.dtype), file=sys.stderr, flush=True)
 
-    def chat(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+    def chat(self, conversations: list[list[dict]], max_new_tokens: int, constraints=None) -> list[str]:
+        """`constraints`: per conversation None or {"tools", "tool_choice", "fmt"} (grammar-constrained answer)."""
         import engine
+
+        if constraints is not None:
+            if self.mesh is not None:
+                raise EvalError("--constrained on runs in one process (no torchrun grid yet)")
+            return _constrained_chat(self, conversations, max_new_tokens, constraints)
 
         def batch(convs):
             return engine.generate(self.model, self.tokenizer, convs, max_new_tokens=max_new_tokens, temperature=0.0)
@@ -59,6 +66,33 @@ class LocalBackend:
             return engine.map_data_parallel(batch, conversations, self.batch_size, self.mesh)
         return [text for i in range(0, len(conversations), self.batch_size)
                 for text in batch(conversations[i:i + self.batch_size])]
+
+
+def _constrained_chat(backend, conversations, max_new_tokens, constraints) -> list[str]:
+    import engine
+    from engine.structured import GrammarCompiler, GrammarError, json_grammar
+
+    if getattr(backend, "_compiler", None) is None:
+        backend._compiler = GrammarCompiler(backend.tokenizer, backend.model.args.vocab_size)
+    out = []
+    for i in range(0, len(conversations), backend.batch_size):
+        convs, cons = conversations[i:i + backend.batch_size], constraints[i:i + backend.batch_size]
+        matchers = []
+        for c in cons:
+            try:
+                if c is None:
+                    matchers.append(None)
+                elif "json_schema" in c:  # an answer of one JSON value after a fixed prefix (MultiWOZ DST)
+                    matchers.append(backend._compiler.matcher(json_grammar(c["json_schema"], True, c.get("prefix", ""))))
+                else:
+                    matchers.append(backend._compiler.for_request(tools=c["tools"], fmt=c.get("fmt", "la"),
+                                                                  tool_choice=c.get("tool_choice", "auto")))
+            except GrammarError as e:  # this item decodes freely; the others keep their grammars
+                logging.getLogger("coalm.eval").warning("constrained decoding off for one item: %s", e)
+                matchers.append(None)
+        out += engine.generate(backend.model, backend.tokenizer, convs, max_new_tokens=max_new_tokens,
+                               temperature=0.0, matchers=matchers)
+    return out
 
 
 def is_rank0() -> bool:

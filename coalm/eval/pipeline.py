@@ -34,8 +34,11 @@ def _chunk(backend, run: RunOptions, base_url) -> int:
 
 def _settings(backend, run: RunOptions) -> dict:
     """What outputs depend on besides the prompt: cached outputs of another model, dtype or budget are not reused."""
-    return {"backend": getattr(backend, "name", type(backend).__name__), "dtype": str(getattr(backend, "dtype", "")),
-            "max_new_tokens": run.max_new_tokens}
+    settings = {"backend": getattr(backend, "name", type(backend).__name__),
+                "dtype": str(getattr(backend, "dtype", "")), "max_new_tokens": run.max_new_tokens}
+    if run.constrained == "on":  # constrained outputs are not the free ones: cached separately
+        settings["constrained"] = True
+    return settings
 
 
 def evaluate(bench: str, out=None, *, backend=None, responses=None, style: str = "official", model: str | None = None,
@@ -79,6 +82,11 @@ def evaluate(bench: str, out=None, *, backend=None, responses=None, style: str =
 
         with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
             backend = backend or make_backend(model, base_url, run, model_options)
+        if run.constrained == "on":
+            if base_url is not None:
+                raise EvalError("--constrained on generates with --model (the endpoint client sends no grammar yet)")
+            for ex in examples:
+                ex["constraint"] = task.constraint(ex)
         outcome = runner.generate(task, examples, backend, max_new_tokens=run.max_new_tokens,
                                   chunk=_chunk(backend, run, base_url), cache=cache, max_errors=run.max_errors,
                                   on_chunk=save, settings=_settings(backend, run))

@@ -101,7 +101,12 @@ def generate(task, examples: list[dict], backend, *, max_new_tokens: int, chunk:
                unit="ex", disable=not is_rank0() or not todo)
     for i in range(0, len(single), chunk):
         batch = single[i:i + chunk]
-        texts = backend.chat([ex["messages"] for ex in batch], max_new_tokens=max_new_tokens)
+        constraints = [ex.get("constraint") for ex in batch]
+        if any(constraints):  # engine.structured: a grammar per conversation (backends without it never get one)
+            texts = backend.chat([ex["messages"] for ex in batch], max_new_tokens=max_new_tokens,
+                                 constraints=constraints)
+        else:
+            texts = backend.chat([ex["messages"] for ex in batch], max_new_tokens=max_new_tokens)
         record(zip(batch, texts))
         bar.update(len(batch))
         if on_chunk is not None:

@@ -12,6 +12,8 @@ Parts (each through its benchmark module, scored by its own checker):
   scorecard.json) on every turn of the first `--multiwoz-dialogues` test dialogues of the shared quick subset
   (`quick_subset200_ids.txt`; all 900 for more than 200).
 `--limit-per-bench N` sets all three limits. With `--adapter` the base model is scored first, then the adapter.
+`--constrained on` (with `--prompt-style coalm`) adds a constrained column beside each free one: the same items
+decoded under their grammars (BFCL calls, API-Bank calls, MultiWOZ DST; engine.structured), the same checkers.
 
 Outputs in `--out`: scorecard.json, scorecard.md (a table), scorecard.png (bars, when matplotlib is installed) and
 cache/<model>/<style>/<part>-max<tokens>.jsonl, one generated text per item with a fingerprint of its prompt, appended
@@ -66,7 +68,12 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--skip-base", action="store_true",
                    help="with --adapter: score only the adapter (e.g. the base model runs in another process on the "
                         "same --out; a later run without this flag assembles both from the cache)")
+    p.add_argument("--constrained", default="off", choices=["off", "on"],
+                   help="on: every model is also scored with grammar-constrained decoding (engine.structured), a "
+                        "'<model> constrained' column beside the free one (needs --prompt-style coalm)")
     a = p.parse_args(argv)
+    if a.constrained == "on" and a.prompt_style != "coalm":
+        raise EvalError("--constrained on needs --prompt-style coalm (the constrained answers are CoALM-IT formats)")
     if a.skip_base and not a.adapter:
         raise EvalError("--skip-base needs --adapter")
     if a.limit_per_bench is not None:
@@ -126,19 +133,25 @@ def _cache_path(out: Path, model_tag: str, style: str, part: str) -> Path:
 
 
 def generate_cached(backend_factory, parts, out: Path, model_tag: str, style: str, batch_size: int,
-                    cap: int | None = None) -> dict:
+                    cap: int | None = None, constrained: bool = False) -> dict:
     """{part: {id: output}} through the runner (coalm.eval.runner): cached outputs are reused, the rest generated
-    (longest prompts first, similar lengths batched together) and appended to the part's cache after every batch."""
+    (longest prompts first, similar lengths batched together) and appended to the part's cache after every batch.
+    `constrained`: each item that has a constrained form (`Task.constraint`) decodes under its grammar."""
     outputs_by_part, backend = {}, None
     for part, exs in parts.items():
         budget = min(MAX_NEW_TOKENS[part], cap or MAX_NEW_TOKENS[part])
         cache = ItemCache(_cache_path(out, model_tag, style, f"{part}-max{budget}"))  # another budget: other outputs
         task = get_task(part.split(":")[0])
+        if constrained:
+            exs = [dict(ex, constraint=task.constraint(ex)) for ex in exs]
+
         class _Lazy:  # the model is loaded only if some item of some part is not cached
-            def chat(self, conversations, max_new_tokens):
+            def chat(self, conversations, max_new_tokens, constraints=None):
                 nonlocal backend
                 backend = backend or backend_factory()
-                return backend.chat(conversations, max_new_tokens)
+                if constraints is None:
+                    return backend.chat(conversations, max_new_tokens)
+                return backend.chat(conversations, max_new_tokens, constraints=constraints)
 
         outcome = generate(task, exs, _Lazy(), max_new_tokens=budget, chunk=batch_size, cache=cache,
                            longest_first=True, desc=f"{model_tag} {style} {part}")
@@ -243,12 +256,15 @@ def run(a) -> tuple[dict, Path]:
     card = {"suite": "coalm", "prompt_style": a.prompt_style, "model": a.model, "adapter": a.adapter, "dtype": dtype,
             "max_new_tokens": {p: min(n, a.max_new_tokens or n) for p, n in MAX_NEW_TOKENS.items()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": {}, "seconds": {}}
-    for label, adapter in runs:
+    modes = [False, True] if a.constrained == "on" else [False]
+    for (label, adapter), constrained in [(r, c) for r in runs for c in modes]:
         tag = (a.model if adapter is None else f"{a.model}+{adapter_tag(adapter)}") + f"@{dtype}"
+        if constrained:  # constrained outputs have their own cache and column
+            tag, label = tag + "+constrained", label + " constrained"
         t0 = time.time()
         texts = generate_cached(lambda ad=adapter: LocalBackend(a.model, adapter=ad, batch_size=a.batch_size,
                                                                          dtype=a.dtype),
-                                parts, out, tag, a.prompt_style, a.batch_size, a.max_new_tokens)
+                                parts, out, tag, a.prompt_style, a.batch_size, a.max_new_tokens, constrained)
         card["seconds"][label] = round(time.time() - t0, 1)
         card["models"][label] = score(parts, texts)
     write_report(card, out / "scorecard.json")

@@ -76,6 +76,12 @@ class Task:
         return []
 
     # ---- generation hooks (coalm.eval.runner)
+    def constraint(self, example: dict) -> dict | None:
+        """What `--constrained on` constrains this item's answer to: {"tools", "tool_choice", "fmt"} (a call list
+        of the item's tools), {"json_schema", "prefix"} (one JSON value after a fixed text), or None (this task or
+        item has no constrained form). engine.structured builds the grammar."""
+        return None
+
     def multi_step(self, example: dict) -> bool:
         """Whether the item needs several model calls (then `generate_multi` runs it)."""
         return False

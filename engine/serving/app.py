@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from ..structured.serving import call_stream, request_matcher
 from .output import Assembler, message
 from .protocol import APIError, ChatRequest, NamedToolChoice, chunk_body, completion_body, new_id, usage
 from .scheduler import Params, Sequence
@@ -47,6 +48,8 @@ class ServerState:
     api_key: str | None = None
     max_request_bytes: int = 8 << 20  # defaults live in engine.serve's flags; these serve tests that build the app
     body_timeout: float = 30.0
+    structured: str = "auto"  # --structured: "off" refuses requests that need a grammar
+    compiler: object = None  # engine.structured.GrammarCompiler (None: no structured output)
 
 
 def _error(e: APIError, headers: dict | None = None) -> JSONResponse:
@@ -105,7 +108,7 @@ def create_app(state: ServerState) -> FastAPI:
         auth(request)
         body = await read_body(request, state.max_request_bytes, state.body_timeout)
         # JSON, templating and tokenization of a multi-megabyte prompt take seconds: not on the event loop
-        req, text, prefix, ids = await asyncio.to_thread(_prepare, state, body)
+        req, text, prefix, ids, matcher = await asyncio.to_thread(_prepare, state, body)
         limit = req.limit()
         room = state.max_model_len - len(ids)
         if room < 1 or (limit is not None and limit > room):
@@ -123,7 +126,8 @@ def create_app(state: ServerState) -> FastAPI:
             except RuntimeError:  # the event loop is gone (server shutting down): nobody is listening
                 pass
 
-        seq = Sequence(ids, params, on_event, text)
+        seq = Sequence(ids, params, on_event, text, matcher=matcher)
+        calls = call_stream(req, state.tool_format) if matcher is not None else None
         rid = new_id("chatcmpl")
         try:
             state.scheduler.submit(seq)
@@ -131,9 +135,9 @@ def create_app(state: ServerState) -> FastAPI:
             raise APIError(f"request {rid}: {e}") from None
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_stream(state, seq, events, asm, rid, req, include_usage),
+            return StreamingResponse(_stream(state, seq, events, asm, rid, req, include_usage, calls, prefix),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await _complete(state, request, seq, events, asm, rid, req)
+        return await _complete(state, request, seq, events, asm, rid, req, calls, prefix)
 
     return app
 
@@ -169,7 +173,8 @@ def _too_large(size: int, limit: int) -> APIError:
 
 
 def _prepare(state: ServerState, body: bytes):
-    """(request, prompt text, assistant prefix, token ids): runs in a worker thread."""
+    """(request, prompt text, assistant prefix, token ids, grammar matcher or None): runs in a worker thread (a
+    grammar compiles here, off the event loop)."""
     req = _parse(body)
     if req.model and req.model != state.model_name:
         raise APIError(f"the model {req.model!r} does not exist; this server serves {state.model_name!r}", 404,
@@ -177,7 +182,8 @@ def _prepare(state: ServerState, body: bytes):
     text, prefix = render(req, state.tokenizer, state.tool_format)
     # encode_batch, not encode: the tokenizers backend releases the GIL only there (a 10 MB prompt takes ~30 s of
     # BPE here, during which encode() would stall the event loop and the scheduler thread); the ids are the same
-    return req, text, prefix, state.tokenizer.encode_batch([text])[0]
+    matcher = request_matcher(req, state.tokenizer, state.compiler, state.tool_format, state.structured, prefix)
+    return req, text, prefix, state.tokenizer.encode_batch([text])[0], matcher
 
 
 def _surrogate_field(obj, path: str = "") -> str | None:
@@ -206,8 +212,6 @@ def _parse(body: bytes) -> ChatRequest:
     if bad:
         raise APIError(f"{bad}: contains a lone UTF-16 surrogate, which is not valid Unicode text", param=bad,
                        code="invalid_unicode")
-    if obj.get("tool_choice") == "required":
-        raise APIError("tool_choice 'required' is not supported; use 'auto' or a named function", param="tool_choice")
     try:
         return ChatRequest.model_validate(obj)
     except ValidationError as e:
@@ -236,7 +240,7 @@ def _reason(asm, req: ChatRequest, finish: str) -> str:
     return finish
 
 
-async def _complete(state, request: Request, seq, events, asm, rid, req) -> JSONResponse:
+async def _complete(state, request: Request, seq, events, asm, rid, req, calls=None, prefix="") -> JSONResponse:
     async def collect():
         content, finish = "", None
         async for delta, finish in _events(state, seq, events):
@@ -256,7 +260,11 @@ async def _complete(state, request: Request, seq, events, asm, rid, req) -> JSON
         return JSONResponse({}, status_code=499)
     watch.cancel()
     content, finish = work.result()
-    body = completion_body(rid, state.model_name, message(content, asm.tool_calls), _reason(asm, req, finish),
+    if calls is not None:  # constrained calls: the arguments exactly as written (and streamed); at the token limit,
+        calls.feed(prefix + seq.text)  # the calls that were complete
+        asm.tool_calls = calls.calls or asm.tool_calls
+    reason = "length" if finish == "length" and calls is not None else _reason(asm, req, finish)
+    body = completion_body(rid, state.model_name, message(content, asm.tool_calls), reason,
                            len(seq.prompt_ids), len(seq.ids))
     return JSONResponse(body)
 
@@ -265,10 +273,10 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def _stream(state, seq, events, asm, rid, req: ChatRequest, include_usage: bool):
+async def _stream(state, seq, events, asm, rid, req: ChatRequest, include_usage: bool, calls=None, prefix=""):
     created, model = int(time.time()), state.model_name
     yield _sse(chunk_body(rid, model, created, {"role": "assistant", "content": ""}))
-    finish = None
+    finish, text, streamed = None, prefix, False
     async for delta, finish in _events(state, seq, events):
         if finish == "error":
             yield _sse(APIError(f"request {rid}: generation failed: {delta}", 500, "server_error").body())
@@ -277,13 +285,22 @@ async def _stream(state, seq, events, asm, rid, req: ChatRequest, include_usage:
         out = asm.feed(delta)
         if out:
             yield _sse(chunk_body(rid, model, created, {"content": out}))
+        if calls is not None:  # a constrained call list: its arguments go out as they are written
+            text += delta
+            pieces = calls.feed(text)
+            if pieces:
+                streamed = True
+                yield _sse(chunk_body(rid, model, created, {"tool_calls": pieces}))
     rest = asm.finish()
-    if rest:
+    if rest and not streamed:  # (a constrained call list cut by the token limit: its complete calls went out)
         yield _sse(chunk_body(rid, model, created, {"content": rest}))
-    if asm.tool_calls:
+    if streamed:
+        asm.tool_calls = calls.calls or asm.tool_calls
+    if asm.tool_calls and not streamed:
         calls = [dict(c, index=i) for i, c in enumerate(asm.tool_calls)]
         yield _sse(chunk_body(rid, model, created, {"tool_calls": calls}))
-    yield _sse(chunk_body(rid, model, created, {}, _reason(asm, req, finish)))
+    reason = "length" if finish == "length" and streamed else _reason(asm, req, finish)
+    yield _sse(chunk_body(rid, model, created, {}, reason))
     if include_usage:
         yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
                     "usage": usage(len(seq.prompt_ids), len(seq.ids))})

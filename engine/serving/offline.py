@@ -16,6 +16,7 @@ import sys
 import torch
 
 from ..loader import DTYPE_CHOICES, DTYPE_HELP
+from ..structured import cli as structured_cli
 from .runner import Runner
 from .sampling import Params, RequestError
 from .scheduler import Scheduler, Sequence
@@ -53,26 +54,33 @@ def _run(model, seqs: list[Sequence], tokenizer=None, stop_ids=()) -> list[Seque
 
 
 def generate_ids(model, prompt_ids: list[list[int]], max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0, stop_ids=(), stop_check=None, seed: int | None = None) -> list[list[int]]:
-    """New token ids per prompt (stop token excluded). `stop_check(i, ids) -> bool` ends sequence i early."""
+                 top_p: float = 1.0, stop_ids=(), stop_check=None, seed: int | None = None,
+                 matchers=None) -> list[list[int]]:
+    """New token ids per prompt (stop token excluded). `stop_check(i, ids) -> bool` ends sequence i early.
+    `matchers`: per prompt an `engine.structured.Matcher` (grammar-constrained) or None."""
     params = Params(max_new_tokens, temperature, top_p, seed=seed)
-    seqs = [Sequence(p, params, stop_check=None if stop_check is None else (lambda ids, i=i: stop_check(i, ids)))
+    matchers = matchers or [None] * len(prompt_ids)
+    seqs = [Sequence(p, params, stop_check=None if stop_check is None else (lambda ids, i=i: stop_check(i, ids)),
+                     matcher=matchers[i])
             for i, p in enumerate(prompt_ids)]
     return [s.ids for s in _run(model, seqs, stop_ids=stop_ids)]
 
 
 def generate(model, tokenizer, prompts, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-             stop: list[str] | None = None, seed: int | None = None) -> list[str]:
+             stop: list[str] | None = None, seed: int | None = None, matchers=None) -> list[str]:
     """Texts generated for each prompt (a string, or a chat message list rendered with the chat template).
 
     Stops at the end-of-turn / end-of-text tokens, at any of the `stop` strings (cut from the text), or after
-    `max_new_tokens`.
+    `max_new_tokens`. `matchers`: per prompt an `engine.structured.Matcher` (grammar-constrained) or None.
     """
     single = isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict))
     if single:
         prompts = [prompts]
+        matchers = None if matchers is None else [matchers]
     params = Params(max_new_tokens, temperature, top_p, list(stop or []), seed)
-    seqs = [Sequence(ids, params) for ids in encode_prompts(tokenizer, prompts)]
+    ids = encode_prompts(tokenizer, prompts)
+    matchers = matchers or [None] * len(ids)
+    seqs = [Sequence(p, params, matcher=m) for p, m in zip(ids, matchers)]
     texts = [s.text for s in _run(model, seqs, tokenizer, tokenizer.stop_ids)]
     return texts[0] if single else texts
 
@@ -92,6 +100,7 @@ def main(argv=None):
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (under torchrun)")
     p.add_argument("--quantize", choices=["nf4"], default=None, help="NF4 base weights (QLoRA's format)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
+    structured_cli.add_arguments(p)
     a = p.parse_args(argv)
     try:  # the request rules of the server, checked before the model loads
         Params(a.max_new_tokens, a.temperature, a.top_p, seed=a.seed)
@@ -115,8 +124,15 @@ def main(argv=None):
             else:
                 prompts.append(([{"role": "system", "content": a.system}] if a.system else [])
                                + [{"role": "user", "content": text}])
+        constrained = structured_cli.requests(a, tok, model.args.vocab_size)
         with torch.inference_mode():
-            outs = generate(model, tok, prompts, a.max_new_tokens, a.temperature, a.top_p, seed=a.seed)
+            if constrained is None:
+                outs = generate(model, tok, prompts, a.max_new_tokens, a.temperature, a.top_p, seed=a.seed)
+            else:  # the forced opening of a named tool_choice is part of the answer
+                ids, matchers, prefixes = constrained
+                new = generate_ids(model, ids, a.max_new_tokens, a.temperature, a.top_p, tok.stop_ids, seed=a.seed,
+                                   matchers=matchers)
+                outs = [pre + tok.decode(n) for pre, n in zip(prefixes, new)]
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

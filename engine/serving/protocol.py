@@ -47,6 +47,7 @@ class FunctionDef(_Lenient):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str | None = None
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: StrictBool | None = None  # true: the arguments always follow `parameters` (engine.structured)
 
     @field_validator("parameters")
     @classmethod
@@ -116,11 +117,31 @@ class StreamOptions(_Lenient):
     include_usage: StrictBool = False
 
 
+class JSONSchemaFormat(_Lenient):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs 'json_schema': {'name', 'schema'}")
+        return self
+
+
 class ChatRequest(_Lenient):
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
     tools: list[Tool] | None = None
-    tool_choice: Literal["auto", "none"] | NamedToolChoice | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    response_format: ResponseFormat | None = None
     temperature: Float = Field(1.0, ge=0.0, le=2.0)
     top_p: Float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: Int | None = Field(None, ge=1)
@@ -141,6 +162,8 @@ class ChatRequest(_Lenient):
 
     @model_validator(mode="after")
     def _choice_needs_tools(self):
+        if self.tool_choice == "required" and not self.tools:
+            raise ValueError("tool_choice 'required' needs tools")
         if isinstance(self.tool_choice, NamedToolChoice):
             names = {t.function.name for t in self.tools or []}
             if self.tool_choice.function["name"] not in names:

@@ -23,6 +23,7 @@ import threading
 
 import torch
 
+from ..structured.matcher import mask_logits, prefetch_masks
 from .sampling import Params, RequestError, bad_rows, new_generator, sample
 
 __all__ = ["Params", "RequestError", "Scheduler", "Sequence", "TextTracker"]
@@ -33,8 +34,10 @@ MAX_PREFILL_TOKENS = 256  # prompt tokens per step: bounds how much a long promp
 class Sequence:
     """One request inside the scheduler."""
 
-    def __init__(self, prompt_ids: list[int], params: Params, on_event=None, prompt_text: str = "", stop_check=None):
+    def __init__(self, prompt_ids: list[int], params: Params, on_event=None, prompt_text: str = "", stop_check=None,
+                 matcher=None):
         self.prompt_ids, self.params, self.prompt_text = list(prompt_ids), params, prompt_text
+        self.matcher = matcher  # engine.structured.Matcher: only tokens its grammar allows (None: unconstrained)
         self.on_event = on_event or (lambda delta, finish: None)
         self.stop_check = stop_check  # ids -> bool: ends the sequence (offline generation's stop strings)
         self.ids: list[int] = []
@@ -246,6 +249,9 @@ class Scheduler:
         return segs, owners
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]):
+        matchers = [s.matcher if s.finish is None and not s.cancelled else None for s in seqs]
+        if any(m is not None for m in matchers):  # grammar rows get -inf on every token they forbid; others untouched
+            mask_logits(logits, matchers)
         greedy = logits.argmax(-1).tolist()  # one device sync for every greedy row
         bad = bad_rows(logits)
         for i, s in enumerate(seqs):
@@ -254,10 +260,18 @@ class Scheduler:
                     continue
                 tok = greedy[i] if s.params.greedy and not bad[i] else sample(logits[i], s.params, s.generator)
                 s.next = tok
-                self.text.push(s, tok, tok in self.stop_ids)
+                stop = tok in self.stop_ids
+                if matchers[i] is not None and not stop and not matchers[i].accept(tok):
+                    stop = True  # the grammar admitted nothing (its row allowed only an end token): end with the text
+                self.text.push(s, tok, stop)
+                if matchers[i] is not None and s.finish is None and matchers[i].is_terminated:
+                    self.text.push(s, tok, True)  # the grammar is complete: only an end token could follow
             except Exception as e:  # noqa: BLE001 - whatever it is, it fails this sequence only
                 log.warning("sequence failed: %s: %s", type(e).__name__, e)
                 s.fail(e)
+        if any(m is not None for m in matchers):  # the next step's masks, computed while its forward runs
+            prefetch_masks([s.matcher if s.finish is None and not s.cancelled else None for s in seqs],
+                           logits.shape[-1])
 
     def _reap(self):
         keep = []

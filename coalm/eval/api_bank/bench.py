@@ -192,6 +192,8 @@ def load_examples(data_root, options: Options | None = None, style: str = "offic
                 examples.append({"id": f"{path.name}#{sid}", "index": sid, "file": path.name, "level": level,
                                  "kind": kind, "messages": messages, "gold": gold, "style": style,
                                  "api_desc": descs.get(gold.get("api_name"))})
+                if style == "coalm" and kind == "api_call":  # the APIs the prompt shows (--constrained on)
+                    examples[-1]["shown"] = shown
     return examples
 
 
@@ -347,6 +349,20 @@ class ApiBankTask(Task):
 
     def test_queries(self, root):
         return test_queries(root)
+
+    def constraint(self, example):
+        # a call sample's LA answer: >= 1 call of the APIs shown, their argument names, the non-optional ones
+        # required; "str" arguments are strings, other values stay free (API-Bank compares them as strings)
+        if "shown" not in example:
+            return None
+        tools = []
+        for d in example["shown"]:
+            params = d.get("input_parameters") or {}
+            required = [k for k, p in params.items() if not str(p.get("description", "")).startswith("[Optional]")]
+            props = {k: {"type": "string"} if p.get("type") == "str" else {} for k, p in params.items()}
+            tools.append({"name": d["name"], "parameters": {"type": "object", "properties": props,
+                                                            "required": required}})
+        return {"tools": tools, "tool_choice": "required", "fmt": "la"}
 
 
 TASK = ApiBankTask()

@@ -139,6 +139,15 @@ class BfclTask(Task):
     def multi_step(self, example):
         return "turns" in example
 
+    def constraint(self, example):
+        # the LA answer of a single-turn item: a list of calls of its own functions ([] allowed: it may decline)
+        if example.get("style") != "coalm" or "turns" in example:
+            return None
+        from coalm.eval.bfcl.schemas import function_tool
+
+        return {"tools": [function_tool(f, example["category"]) for f in example["functions"]],
+                "tool_choice": "auto", "fmt": "la"}
+
     def prompt(self, example):
         if "turns" in example:  # later turns and the functions added mid-dialogue shape the outputs too
             return {"messages": example["messages"], "turns": example["turns"], "missed": example["missed"]}

@@ -30,6 +30,7 @@ state is reported (file and dialogue) or scored as that turn's error; it never s
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -389,6 +390,39 @@ class MultiwozTask(Task):
 
     def test_queries(self, root):
         return test_queries(root)
+
+    def constraint(self, example):
+        # a DST answer: System: {"domain": one of the listed domains, "slot_values": that domain's slots only},
+        # categorical slots (MultiWOZ 2.2's) limited to the ontology's values and dontcare, the others free text
+        if example.get("style") != "coalm" or example.get("task") != "dst":
+            return None
+        return {"json_schema": dst_schema(str(Path(example["db_dir"]).parent)), "prefix": "System: "}
+
+
+CATEGORICAL = {"area", "pricerange", "parking", "internet", "stars", "type", "day", "book day", "book people",
+               "book stay"}
+
+
+@functools.lru_cache(maxsize=4)
+def dst_schema(folder: str) -> dict:
+    """The JSON schema of one DST answer over `ONTOLOGY`'s domains and slots, values from the benchmark's ontology
+    file (`ontology_mwz21_convlab2.json`: "domain-semi|book-slot" -> values; a value with "|" is two values)."""
+    path = Path(folder) / "ontology_mwz21_convlab2.json"
+    values: dict[tuple[str, str], list[str]] = {}
+    if path.is_file():
+        for key, vals in json.loads(path.read_text()).items():
+            domain, kind, slot = key.split("-", 2)
+            slot = (f"book {slot}" if kind == "book" else slot).lower()
+            values[(domain, slot)] = sorted({v for v in vals if "|" not in v} | {"dontcare"})
+    alts = []
+    for domain, slots in ONTOLOGY.items():
+        props = {s: {"enum": values[(domain, s)]} if s in CATEGORICAL and (domain, s) in values else {"type": "string"}
+                 for s in slots}
+        alts.append({"type": "object", "properties": {
+            "domain": {"const": domain},
+            "slot_values": {"type": "object", "properties": props, "additionalProperties": False}},
+            "required": ["domain", "slot_values"], "additionalProperties": False})
+    return {"anyOf": alts}
 
 
 TASK = MultiwozTask()
