@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 JOBS ?= 2
 LATEST_VENV ?= .venv-latest
 
-.PHONY: demo agent test test-fast test-latest bench gpu gpu-compile lint lock
+.PHONY: demo agent test test-fast test-long test-latest bench gpu gpu-compile lint lock
 
 # The native ops (CMakeLists.txt, csrc/) build against the venv's torch: locked build tools first, then no isolation.
 $(STAMP): pyproject.toml $(LOCK) CMakeLists.txt $(wildcard csrc/*)
@@ -36,11 +36,15 @@ agent: $(STAMP)
 
 # One BLAS/OpenMP thread per pytest worker: JOBS workers on as many cores, not JOBS x cores threads fighting.
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(JOBS) tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(JOBS) -m "not long" tests
+
+# What make test leaves out: the memory plan against measured peaks of SmolLM2 at 1024 and 4096 tokens (one at a time).
+test-long: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m long tests
 
 # The inner loop: everything but the tests that start subprocesses, servers or torchrun.
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(JOBS) -m "not slow" tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(JOBS) -m "not slow and not long" tests
 
 # The newest versions pyproject.toml allows, in their own venv: upstream breakage shows here before users see it.
 # torch stays the pinned CPU build ($(TORCH)): PyPI's newer Linux torch wheels are CUDA builds of several GB.
@@ -55,7 +59,7 @@ test-latest:
 		--no-build-isolation -e ".[dev]"
 	$(LATEST_VENV)/bin/python -m pip install -q --no-deps $(DATA_PKGS)
 	$(LATEST_VENV)/bin/python -m pip freeze > $(LATEST_VENV)/freeze.txt
-	OMP_NUM_THREADS=1 $(LATEST_VENV)/bin/python -m pytest -q -n $(JOBS) tests
+	OMP_NUM_THREADS=1 $(LATEST_VENV)/bin/python -m pytest -q -n $(JOBS) -m "not long" tests
 
 # Regenerate the lock from pyproject.toml (torch itself is left out: it is installed first, from $(TORCH)).
 lock:
