@@ -75,12 +75,22 @@ def _dt(d: torch.dtype) -> str:
     return str(d).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16").replace("float32", "fp32")
 
 
-def _model_shapes(preset: str, tp: int) -> dict:
-    from engine.config import get_config  # the presets live there, once
+# The Llama 3.x shapes the sweep compiles at. The kernels import nothing from the engine (the layer order), so the
+# presets' numbers are written here and tests/kernels/test_aot.py checks them against engine.config's presets.
+PRESET_SHAPES = {
+    "llama-3.2-1b": {"dim": 2048, "n_heads": 32, "n_kv_heads": 8, "head_dim": 64, "ffn_dim": 8192, "vocab_size": 128256},
+    "llama-3.2-3b": {"dim": 3072, "n_heads": 24, "n_kv_heads": 8, "head_dim": 128, "ffn_dim": 8192, "vocab_size": 128256},
+    "llama-3.1-8b": {"dim": 4096, "n_heads": 32, "n_kv_heads": 8, "head_dim": 128, "ffn_dim": 14336,
+                     "vocab_size": 128256},
+    "llama-3.3-70b": {"dim": 8192, "n_heads": 64, "n_kv_heads": 8, "head_dim": 128, "ffn_dim": 28672,
+                      "vocab_size": 128256},
+}
 
-    a = get_config(preset)
-    return {"dim": a.dim, "hq": a.n_heads // tp, "hkv": max(1, a.n_kv_heads // tp), "hd": a.head_dim,
-            "ffn": a.ffn_dim // tp, "vocab": a.vocab_size}
+
+def _model_shapes(preset: str, tp: int) -> dict:
+    a = PRESET_SHAPES[preset]
+    return {"dim": a["dim"], "hq": a["n_heads"] // tp, "hkv": max(1, a["n_kv_heads"] // tp), "hd": a["head_dim"],
+            "ffn": a["ffn_dim"] // tp, "vocab": a["vocab_size"]}
 
 
 def _lora_kinds(full: bool, dt: torch.dtype) -> list[tuple[str, tuple | None, bool]]:

@@ -53,7 +53,8 @@ def test_two_ranks_write_the_single_process_report(ckpt, tmp_path):
     assert dp2["items"] == one["items"] and dp2["summary"] == one["summary"]
     raw = [(tmp_path / f"{n}.responses.jsonl").read_text() for n in ("one", "dp2")]
     assert raw[1] == raw[0] and raw[0].count("\n") == 5
-    assert sorted(p.name for p in tmp_path.glob("dp2*")) == ["dp2.json", "dp2.responses.jsonl"]  # one writer
+    # one writer: the report, its responses and the runner's per-item cache
+    assert sorted(p.name for p in tmp_path.glob("dp2*")) == ["dp2.cache.jsonl", "dp2.json", "dp2.responses.jsonl"]
 
 
 def test_map_data_parallel_deals_whole_chunks_in_order():

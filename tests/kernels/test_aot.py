@@ -120,3 +120,13 @@ def test_gpu_never_falls_back_silently():
     q = torch.randn(1, 16, 4, 128, device="cuda")
     with pytest.raises(ValueError, match="dtype"):
         flash_attention(q, q, q)
+
+
+def test_sweep_shapes_are_the_engine_presets():
+    """coalm_kernels.aot writes the Llama shapes out (the kernels import nothing from engine): they must stay the
+    presets' own numbers."""
+    from engine.config import get_config
+
+    for preset, shapes in aot.PRESET_SHAPES.items():
+        a = get_config(preset)
+        assert shapes == {k: getattr(a, k) for k in shapes}, preset

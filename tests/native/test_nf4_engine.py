@@ -14,7 +14,7 @@ from torch import nn
 
 import engine
 from engine.lora import apply_lora, lora_modules, save_adapter
-from engine.quantize import NF4Linear, quantize_model
+from engine.quantize import NF4Linear, Q8Head, quantize_model
 from tests.kernels.error_bound import assert_within_torch_error
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a village at the edge of a"]
@@ -41,7 +41,10 @@ def test_nf4_logits_match_dequantized_fp32(smol):
             m.weight.data = nf4_mods[name].dequantized(torch.float32)
             n_quantized += 1
     assert n_quantized == 7 * base.args.n_layers
-    assert isinstance(nf4.lm_head, nn.Linear)  # the output layer stays in the model dtype
+    # the LM head becomes 8-bit (its own error bound is tested with Q8Head); here the block linears are compared,
+    # so the output layer is put back in the model dtype
+    assert isinstance(nf4.lm_head, Q8Head)
+    nf4.lm_head = copy.deepcopy(base.lm_head)
     deq64 = copy.deepcopy(deq).double()
     for prompt in PROMPTS:
         ours, peer = _logits(nf4, tok, prompt), _logits(deq, tok, prompt)
@@ -57,6 +60,8 @@ def test_adapter_on_nf4_base_is_the_qlora_training_forward(smol, tmp_path):
     save_adapter(trained, tmp_path)
     served = quantize_model(copy.deepcopy(base), "nf4", adapter=tmp_path)  # the loader's hook
     assert all(m.nf4 is not None for m in lora_modules(served).values())
+    assert isinstance(served.lm_head, Q8Head)  # the training forward has the model-dtype head: compare the blocks
+    served.lm_head = copy.deepcopy(trained.lm_head)
     trained.train()  # the training forward (dropout 0), with autograd recording
     tokens = torch.tensor([tok.encode(PROMPTS[0], bos=True)])
     want = trained(tokens)
