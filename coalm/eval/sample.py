@@ -11,6 +11,7 @@ Saved outputs: JSON Lines `{"id", "result"}` (the row's meta id and the model's 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from coalm.data import formats as F
@@ -101,18 +102,7 @@ class SampleTask(Task):
     name = "sample"
     styles = ("official", "coalm")  # the rows' own prompts either way
     responses_suffix = RESPONSES_SUFFIX
-
-    def load(self, root, options, style="official"):
-        return load_examples(root, options, self.check_style(style))
-
-    def read_responses(self, path):
-        return read_responses(path)
-
-    def write_responses(self, path, examples, responses):
-        return write_responses(path, examples, responses)
-
-    def score(self, examples, responses):
-        return evaluate(examples, responses)
+    module = sys.modules[__name__]  # load_examples, read_responses, write_responses, evaluate, ...
 
 
 TASK = SampleTask()

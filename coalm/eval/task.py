@@ -53,27 +53,34 @@ class Task:
             raise EvalError(f"{self.name} has no {style!r} prompt style; it has {', '.join(self.styles)}")
         return style
 
+    # The benchmark's module of functions; the methods below call them by these names: load_examples(root, options,
+    # style), read_responses(path), write_responses(path, examples, responses), evaluate(examples, responses), and
+    # where the benchmark has them, responses_from_texts(examples, texts) and test_queries(root).
+    module = None
+
     def load(self, root: Path, options, style: str = "official") -> list[dict]:
         """The benchmark's examples in `style`; `options` an instance of `self.Options`."""
-        raise NotImplementedError
+        return self.module.load_examples(root, options, self.check_style(style))
 
     def read_responses(self, path) -> dict:
         """{example id: saved model output} from a file in the benchmark's own format."""
-        raise NotImplementedError
+        return self.module.read_responses(path)
 
     def write_responses(self, path, examples: list[dict], responses: dict) -> Path:
-        raise NotImplementedError
+        return self.module.write_responses(path, examples, responses)
 
     def responses_from_texts(self, examples: list[dict], texts: list) -> dict:
         """Generated outputs (texts[i] of examples[i]) as the mapping `read_responses` gives."""
-        return {ex["id"]: t for ex, t in zip(examples, texts)}
+        own = getattr(self.module, "responses_from_texts", None)
+        return own(examples, texts) if own else {ex["id"]: t for ex, t in zip(examples, texts)}
 
     def score(self, examples: list[dict], responses: dict) -> dict:
-        raise NotImplementedError
+        return self.module.evaluate(examples, responses)
 
     def test_queries(self, root) -> list[str]:
         """The benchmark's test-set user texts (kept out of training data); [] when it has none."""
-        return []
+        own = getattr(self.module, "test_queries", None)
+        return own(root) if own else []
 
     # ---- generation hooks (coalm.eval.runner)
     def constraint(self, example: dict) -> dict | None:

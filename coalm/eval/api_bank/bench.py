@@ -43,6 +43,7 @@ index within the file, plus "file", "level", "kind", "messages", "gold". Saved o
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,24 +332,7 @@ class ApiBankTask(Task):
     Options = Options
     styles = ("official", "coalm")
     responses_suffix = RESPONSES_SUFFIX
-
-    def load(self, root, options, style="official"):
-        return load_examples(root, options, self.check_style(style))
-
-    def read_responses(self, path):
-        return read_responses(path)
-
-    def write_responses(self, path, examples, responses):
-        return write_responses(path, examples, responses)
-
-    def responses_from_texts(self, examples, texts):
-        return responses_from_texts(examples, texts)
-
-    def score(self, examples, responses):
-        return evaluate(examples, responses)
-
-    def test_queries(self, root):
-        return test_queries(root)
+    module = sys.modules[__name__]  # load_examples, read_responses, write_responses, evaluate, ...
 
     def constraint(self, example):
         # a call sample's LA answer: >= 1 call of the APIs shown, their argument names, the non-optional ones

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from coalm.eval.base import EvalError, benchmark_dir, json_text, read_jsonl_lines
 from coalm.eval.bfcl import coalm_style
-from coalm.eval.bfcl.aggregate import evaluate
+from coalm.eval.bfcl.aggregate import evaluate  # noqa: F401 (BfclTask.module.evaluate)
 from coalm.eval.bfcl.multi_turn import check_result_shape, generate_multi_turn, load_multi_turn
 from coalm.eval.bfcl.prompts import (
     GROUPS,
@@ -22,7 +23,7 @@ from coalm.eval.bfcl.prompts import (
     build_messages,
     parse_categories,
 )
-from coalm.eval.bfcl.queries import test_queries
+from coalm.eval.bfcl.queries import test_queries  # noqa: F401 (BfclTask.module.test_queries)
 from coalm.eval.options import opt
 from coalm.eval.task import Task
 
@@ -120,21 +121,7 @@ class BfclTask(Task):
     Options = Options
     styles = ("official", "coalm")
     responses_suffix = RESPONSES_SUFFIX
-
-    def load(self, root, options, style="official"):
-        return load_examples(root, options, self.check_style(style))
-
-    def read_responses(self, path):
-        return read_responses(path)
-
-    def write_responses(self, path, examples, responses):
-        return write_responses(path, examples, responses)
-
-    def score(self, examples, responses):
-        return evaluate(examples, responses)
-
-    def test_queries(self, root):
-        return test_queries(root)
+    module = sys.modules[__name__]  # load_examples, read_responses, write_responses, evaluate, ...
 
     def multi_step(self, example):
         return "turns" in example
