@@ -9,7 +9,9 @@ continues where it stopped, and a changed recipe or flag is never silently ignor
    of the data and the whole training command: the adapter is reused (and it says so) only when they match; a
    changed recipe or flag moves the old run aside (`<out>/train.<old hash>`, never deleted) and trains again;
 3. `python -m coalm.eval --suite coalm` with the base model and the adapter, in the CoALM-IT prompt style and the
-   official one, into `<out>/scorecard-<style>/` (the suite caches per-item outputs, so it resumes too).
+   official one, into `<out>/scorecard-<style>/` (the suite caches per-item outputs, so it resumes too). The CoALM-IT
+   style also scores each model under grammar-constrained decoding (`--constrained on`, the default), a column beside
+   the free one.
 
 The default length is sized for two CPU cores (about 75 minutes of training); `--steps` changes it.
 """
@@ -45,6 +47,9 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=TRAIN_STEPS, help="optimizer steps (8 rows each)")
     p.add_argument("--styles", default="coalm,official", help="prompt styles to score, comma-separated")
     p.add_argument("--skip-train", action="store_true", help="score an adapter already in <out>/train/adapter")
+    p.add_argument("--constrained", default="on", choices=["on", "off"],
+                   help="on: the CoALM-IT style scorecard also scores every model under grammar-constrained decoding "
+                        "(engine.structured), a constrained column beside the free one")
 
 
 def _run(cmd: list[str]) -> None:
@@ -79,6 +84,8 @@ def train_command(a, data: Path, train_dir: Path, extra: list[str]) -> list[str]
 def suite_command(a, style: str, adapter: Path, out: Path) -> list[str]:
     cmd = [sys.executable, "-m", "coalm.eval", "--suite", "coalm", "--model", a.model, "--adapter", str(adapter),
            "--prompt-style", style, "--out", str(out), *SUITE_LIMITS]
+    if style == "coalm" and a.constrained == "on":  # the grammar-constrained column beside the free one
+        cmd += ["--constrained", "on"]
     if a.data_root:
         cmd += ["--data-root", a.data_root]
     return cmd
