@@ -141,11 +141,10 @@ def check_preset(source: str, preset: str):
 
         have, what = read_hf_config(p), str(p)
     elif p.suffix == ".gguf":
-        import gguf
-
+        from .gguf_read import GGUFFile
         from .weights import gguf_args
 
-        have, what = gguf_args(gguf.GGUFReader(str(p))), str(p)
+        have, what = gguf_args(GGUFFile(p)), str(p)
     else:
         if resolve_name(source) != want:
             raise ValueError(f"--model {source} and --size {preset} name different presets: give one of them")

@@ -212,13 +212,13 @@ def load_hf_tokenizer(directory: str | Path) -> Tokenizer:
 
 def load_gguf_tokenizer(path: str | Path, reader=None) -> Tokenizer:
     """The byte-level BPE vocabulary embedded in a GGUF file (tokenizer.ggml.model == "gpt2")."""
-    import gguf
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
+    from .gguf_read import GGUFFile
     from .weights import gguf_field
 
-    reader = reader or gguf.GGUFReader(str(path))
+    reader = reader or GGUFFile(path)
 
     def field(name, default=None):
         return gguf_field(reader, name, default)

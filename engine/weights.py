@@ -180,9 +180,9 @@ def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def gguf_field(reader, key: str, default=None):
-    """The value of one GGUF metadata field (the one field reader: config here, vocabulary in engine.tokenizer)."""
-    fld = reader.fields.get(key)
-    return default if fld is None else fld.contents()
+    """The value of one GGUF metadata field of an `engine.gguf_read.GGUFFile` (the one field reader: config here,
+    vocabulary in engine.tokenizer)."""
+    return reader.fields.get(key, default)
 
 
 def gguf_args(reader) -> ModelArgs:
@@ -209,13 +209,13 @@ def gguf_args(reader) -> ModelArgs:
 
 def load_gguf(path: str | Path, dtype=torch.float32):
     """(ModelArgs, our-named state dict, reader) from a GGUF file; quantized tensors are dequantized to float."""
-    import gguf
+    from .gguf_read import GGUFFile, dequantize
 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"no such GGUF file: {path}")
     try:
-        reader = gguf.GGUFReader(str(path))
+        reader = GGUFFile(path)
     except Exception as e:
         raise WeightsError(f"cannot read GGUF file {path}: {e}") from e
     args = gguf_args(reader)
@@ -232,10 +232,9 @@ def load_gguf(path: str | Path, dtype=torch.float32):
                 continue
             raise WeightsError(f"{path.name}: unknown tensor {t.name}")
         try:
-            arr = gguf.quants.dequantize(t.data, t.tensor_type)
+            w = dequantize(t)
         except Exception as e:
             raise WeightsError(f"{path.name}: cannot dequantize tensor {t.name} ({t.tensor_type.name}): {e}") from e
-        w = torch.from_numpy(arr.copy())
         if name.endswith("q_proj.weight"):
             w = unpermute_rope_rows(w, args.n_heads)
         elif name.endswith("k_proj.weight"):

@@ -6,7 +6,10 @@ Same interface as the local backend (`coalm.eval.backends`): `chat(conversations
 (temperature 0), texts in input order. Up to `concurrency` requests are in flight at once, which is what lets a
 continuous-batching server decode them together. The benchmark prompts already carry their tools as text (each
 benchmark's official prompt or the CoALM-IT format), so requests send no `tools` and the answer is the raw text,
-exactly what the local backend scores.
+exactly what the local backend scores. With `--constrained on` each item that has a constrained form
+(`Task.constraint`) goes out with an OpenAI `response_format` json_schema: a call list in the LA format as the schema
+of that list (names from the item's tools, their arguments' schemas), a DST answer as its object schema (the fixed
+"System: " before it is put in front of the returned JSON here, since a schema cannot ask for it).
 
 Failures, by what they say about the run:
 - 429, 5xx, a dropped connection or a timeout (`timeout` seconds) are retried `retries` times, waiting `backoff`
@@ -19,6 +22,7 @@ The runner records item errors in the report and goes on; a rerun sends only the
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -122,9 +126,16 @@ class EndpointBackend:
             raise EvalError(f"endpoint {self.base_url}/models lists no model; pass --model-name")
         return ids[0]
 
-    def _one(self, messages: list[dict], max_new_tokens: int):
-        """The assistant text, or an ItemError for this conversation."""
+    def _one(self, messages: list[dict], max_new_tokens: int, constraint: dict | None = None):
+        """The assistant text, or an ItemError for this conversation. `constraint` (`Task.constraint`) goes out as an
+        OpenAI `response_format` json_schema (the one structured-output field every such server takes)."""
         body = {"model": self.model_name, "messages": messages, "max_tokens": max_new_tokens, "temperature": 0.0}
+        prefix = ""
+        if constraint is not None:
+            try:
+                body["response_format"], prefix = response_format(constraint)
+            except ValueError as e:  # GrammarError: this item goes out unconstrained, the others keep theirs
+                logging.getLogger("coalm.eval").warning("constrained decoding off for one item: %s", e)
         try:
             out = self._request("POST", "/chat/completions", json=body)
         except ItemError as e:
@@ -135,19 +146,37 @@ class EndpointBackend:
         except (KeyError, IndexError, TypeError, AttributeError):
             return ItemError(f"{where} answered without choices: {clip(str(out), 200)}")
         if content is None:  # a message with no text (e.g. tool calls only): the model said nothing
-            return ""
+            return prefix
         if not isinstance(content, str):
             return ItemError(f"{where} answered a {type(content).__name__} as the message content, not text")
         if len(content) > self.max_chars:
             return ItemError(f"{where} answered {len(content)} characters (more than --max-response-chars "
                              f"{self.max_chars})")
-        return content
+        # a fixed text the local grammar forces before the JSON ("System: " of a DST answer) cannot be asked of an
+        # endpoint: the JSON is constrained there and the text put in front here
+        return content if content.startswith(prefix) else prefix + content
 
-    def chat(self, conversations: list[list[dict]], max_new_tokens: int) -> list:
+    def chat(self, conversations: list[list[dict]], max_new_tokens: int, constraints=None) -> list:
         if not conversations:
             return []
-        with ThreadPoolExecutor(min(self.concurrency, len(conversations))) as pool:
-            return list(pool.map(lambda c: self._one(c, max_new_tokens), conversations))  # map keeps input order
+        constraints = constraints or [None] * len(conversations)
+        with ThreadPoolExecutor(min(self.concurrency, len(conversations))) as pool:  # map keeps input order
+            return list(pool.map(lambda c, k: self._one(c, max_new_tokens, k), conversations, constraints))
+
+
+def response_format(constraint: dict) -> tuple[dict, str]:
+    """(OpenAI `response_format`, fixed prefix) for a `Task.constraint`: a call list in the LA format as the JSON schema
+    of that list (`engine.structured.la_calls_schema`), a JSON answer as its own schema."""
+    from engine.structured import GrammarError, la_calls_schema
+
+    if "json_schema" in constraint:
+        schema, name = constraint["json_schema"], "answer"
+    elif constraint.get("fmt", "la") == "la":
+        schema, name = la_calls_schema(constraint["tools"], constraint.get("tool_choice", "auto")), "calls"
+    else:
+        raise GrammarError(f"a {constraint.get('fmt')!r} call list is not one JSON value: no response_format for it")
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}, \
+        constraint.get("prefix", "")
 
     def close(self):
         self.client.close()

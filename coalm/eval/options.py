@@ -42,7 +42,8 @@ class RunOptions:
                                        "failed items are recorded in the report)", positive=True)
     max_response_chars: int = opt(100_000, "longer --base-url answers are per-item errors", positive=True)
     constrained: str = opt("off", "on: grammar-constrained decoding of the answers that have a constrained form "
-                                  "(--prompt-style coalm: BFCL single-turn items, API-Bank call samples) with --model", choices=("off", "on"))
+                                  "(--prompt-style coalm: BFCL single-turn items, API-Bank call samples, MultiWOZ DST); "
+                                  "with --base-url sent as response_format json_schema", choices=("off", "on"))
 
 
 @dataclass

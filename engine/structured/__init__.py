@@ -14,6 +14,7 @@ from .grammars import (  # noqa: F401
     GrammarError,
     close_objects,
     json_grammar,
+    la_calls_schema,
     response_format_grammar,
     tool_grammar,
 )

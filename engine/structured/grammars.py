@@ -192,6 +192,31 @@ def tool_grammar(tools: list[dict], fmt: str = "llama3", tool_choice="auto", max
     return "\n".join([start] + lines) + "\n"
 
 
+def la_calls_schema(tools: list[dict], tool_choice="auto") -> dict:
+    """The JSON schema of a CoALM-IT LA answer (a list of {"name", "arguments"} calls of `tools`): what
+    `tool_grammar(tools, "la", tool_choice)` admits, as a schema an OpenAI-compatible endpoint takes in
+    `response_format` (for servers that constrain by schema only, e.g. `coalm.eval --base-url --constrained on`)."""
+    if tool_choice == "none":
+        raise GrammarError("tool_choice 'none' has no call list to constrain")
+    if not tools:
+        raise GrammarError("tool_choice needs at least one tool")
+    specs = [_tool(t) for t in tools]
+    if any('"$ref"' in json.dumps(p) for _, p in specs):  # root-relative refs would dangle inside the list schema
+        raise GrammarError("a tool schema with $ref cannot be nested in a call-list schema")
+    named = _choice_name(tool_choice)
+    if named is not None and named not in [n for n, _ in specs]:
+        raise GrammarError(f"tool_choice names {named!r}, which is not one of the tools")
+    calls = [{"type": "object", "properties": {"name": {"const": name}, "arguments": close_objects(params)},
+              "required": ["name", "arguments"], "additionalProperties": False}
+             for name, params in specs if named is None or name == named]
+    schema = {"type": "array", "items": calls[0] if len(calls) == 1 else {"anyOf": calls}}
+    if named is not None:
+        schema.update(minItems=1, maxItems=1)
+    elif tool_choice == "required":
+        schema["minItems"] = 1
+    return schema
+
+
 def json_grammar(schema=None, strict: bool = False, prefix: str = "") -> str:
     """Lark text for one JSON value: any object when `schema` is None (json_object), else the schema (closed
     objects when `strict`, as OpenAI's strict mode requires), after the fixed text `prefix` (e.g. "System: ")."""

@@ -55,3 +55,33 @@ def test_backend_order_default_model_and_errors(tmp_path, monkeypatch):
         assert isinstance(too_long, ItemError) and "answered 400" in str(too_long) and "context length" in str(too_long)
         with pytest.raises(EvalError, match="answered 404"):
             EndpointBackend(srv.base_url, model_name="gpt-4", api_key="k").chat(convs[:1], 2)
+
+
+def test_endpoint_constrained_calls_validate(tmp_path):
+    """`--base-url --constrained on`: each BFCL item goes out with its call list as a response_format json_schema
+    (engine.serve constrains by it); every answer is an LA list of the item's own functions whose arguments validate
+    (json + jsonschema, not the code under test), as the in-process constrained run gives."""
+    import jsonschema
+
+    from coalm.eval.bfcl.schemas import function_tool
+    from coalm.paths import data_root
+
+    items = ["--bench", "bfcl", "--category", "simple,multiple,irrelevance", "--limit", "2", "--max-new-tokens", "96",
+             "--prompt-style", "coalm", "--constrained", "on"]
+    with launch.server(["--model", MODEL, "--dtype", "fp32"], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       log_dir=str(tmp_path)) as srv:
+        assert main(items + ["--base-url", srv.base_url, "--concurrency", "2", "--out", str(tmp_path / "r.json")]) == 0
+    functions = {}
+    for cat in ("simple", "multiple", "irrelevance"):
+        for line in (data_root() / "bfcl" / f"BFCL_v3_{cat}.json").read_text().splitlines()[:2]:
+            row = json.loads(line)
+            functions[row["id"]] = {f["name"]: function_tool(f, cat)["function"]["parameters"] for f in row["function"]}
+    rows = [json.loads(line) for line in (tmp_path / "r.responses.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    for r in rows:
+        calls = json.loads(r["result"])  # 96 tokens hold these items' calls: a cut list would fail here
+        assert isinstance(calls, list), r
+        tools = functions[r["id"]]
+        for c in calls:
+            assert set(c) == {"name", "arguments"} and c["name"] in tools, r
+            jsonschema.validate(c["arguments"], tools[c["name"]])

@@ -10,7 +10,7 @@ import pytest
 
 from coalm.eval.bfcl.schemas import function_tool
 from coalm.paths import data_root
-from engine.structured import GrammarCompiler, close_objects, tool_grammar
+from engine.structured import GrammarCompiler, close_objects, json_grammar, la_calls_schema, tool_grammar
 from engine.tokenizer import load_tokenizer
 
 _OMIT = object()
@@ -108,6 +108,13 @@ def test_gold_answers_accepted(compilers, category):
             text = render(calls, fmt)
             if _accepts(compiler, tool_grammar(list(tools.values()), fmt, "auto"), text) != valid:
                 wrong.append((row["id"], fmt, valid, text[:300]))
+        # what `coalm.eval --base-url --constrained on` sends instead (response_format): the same answers, by jsonschema
+        # and by the grammar a server builds from it
+        schema = la_calls_schema(list(tools.values()), "auto")
+        if jsonschema.Draft202012Validator(schema).is_valid(calls) != valid:
+            wrong.append((row["id"], "la_calls_schema", valid, render(calls, "la")[:300]))
+        if _accepts(compilers["la"], json_grammar(schema, strict=True), render(calls, "la")) != valid:
+            wrong.append((row["id"], "response_format", valid, render(calls, "la")[:300]))
     assert not wrong, f"{len(wrong)} gold answers where the grammar and jsonschema disagree, e.g. {wrong[:3]}"
     assert len(off_docs) <= 0.05 * len(rows), f"{len(off_docs)} of {len(rows)} gold answers off their docs: {off_docs}"
 
@@ -119,3 +126,5 @@ def test_irrelevance_may_decline(compilers, category):
         assert _accepts(compilers["la"], tool_grammar(tools, "la", "auto"), "[]"), row["id"]
         assert _accepts(compilers["llama3"], tool_grammar(tools, "llama3", "auto"), "No tool fits."), row["id"]
         assert not _accepts(compilers["la"], tool_grammar(tools, "la", "required"), "[]"), row["id"]
+        assert jsonschema.Draft202012Validator(la_calls_schema(tools, "auto")).is_valid([]), row["id"]
+        assert not jsonschema.Draft202012Validator(la_calls_schema(tools, "required")).is_valid([]), row["id"]
