@@ -55,8 +55,10 @@ class LocalBackend:
         import engine
 
         if constraints is not None:
-            if self.mesh is not None:
-                raise EvalError("--constrained on runs in one process (no torchrun grid yet)")
+            if self.mesh is not None:  # whole batches dealt over the DP replicas; a replica's TP ranks run each alike
+                return engine.map_data_parallel(
+                    lambda chunk: _constrained_chat(self, [c for c, _ in chunk], max_new_tokens, [k for _, k in chunk]),
+                    list(zip(conversations, constraints)), self.batch_size, self.mesh)
             return _constrained_chat(self, conversations, max_new_tokens, constraints)
 
         def batch(convs):

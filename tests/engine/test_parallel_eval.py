@@ -1,5 +1,5 @@
 """`coalm.eval --model` under torchrun: two ranks (DP 2) split the examples and write the report a single process
-writes: the same items, summary and raw responses, in the same order.
+writes: the same items, summary and raw responses, in the same order; also with `--constrained on` (grammars).
 
 The model is the `debug` preset with random weights and SmolLM2's vocabulary (its outputs are noise, but greedy
 and deterministic); the batches each replica runs are exactly those of the single process (engine.map_data_parallel
@@ -38,14 +38,17 @@ def ckpt(tmp_path):
     return d
 
 
-def test_two_ranks_write_the_single_process_report(ckpt, tmp_path):
-    rc, out, err = run_torchrun(2, ["-m", "coalm.eval", *ARGS, "--model", ckpt, "--out", tmp_path / "dp2.json"],
+@pytest.mark.parametrize("extra", [[], ["--prompt-style", "coalm", "--constrained", "on", "--max-new-tokens", "24"]],
+                         ids=["free", "constrained"])
+def test_two_ranks_write_the_single_process_report(ckpt, tmp_path, extra):
+    args = ARGS + extra  # (a later --max-new-tokens wins)
+    rc, out, err = run_torchrun(2, ["-m", "coalm.eval", *args, "--model", ckpt, "--out", tmp_path / "dp2.json"],
                                 timeout=300)
     assert rc == 0, f"{out[-2000:]}\n{err[-4000:]}"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert eval_main([*ARGS, "--model", str(ckpt), "--out", str(tmp_path / "one.json")]) == 0
+        assert eval_main([*args, "--model", str(ckpt), "--out", str(tmp_path / "one.json")]) == 0
     finally:
         torch.set_num_threads(threads)
     one, dp2 = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "dp2"))
