@@ -86,8 +86,12 @@ def peft_main(tokens_file: str, dtype_name: str, seed: int = 0) -> None:
 
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq,
-                              get_linear_schedule_with_warmup)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        get_linear_schedule_with_warmup,
+    )
 
     from engine.weights import smollm2_gguf_path
 
