@@ -68,11 +68,12 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--skip-base", action="store_true",
                    help="with --adapter: score only the adapter (e.g. the base model runs in another process on the "
                         "same --out; a later run without this flag assembles both from the cache)")
-    p.add_argument("--constrained", default="off", choices=["off", "on"],
+    p.add_argument("--constrained", default="off", choices=["off", "on", "only"],
                    help="on: every model is also scored with grammar-constrained decoding (engine.structured), a "
-                        "'<model> constrained' column beside the free one (needs --prompt-style coalm)")
+                        "'<model> constrained' column beside the free one (needs --prompt-style coalm); only: the "
+                        "constrained columns alone (e.g. in a process beside one scoring the free ones on the same --out)")
     a = p.parse_args(argv)
-    if a.constrained == "on" and a.prompt_style != "coalm":
+    if a.constrained != "off" and a.prompt_style != "coalm":
         raise EvalError("--constrained on needs --prompt-style coalm (the constrained answers are CoALM-IT formats)")
     if a.skip_base and not a.adapter:
         raise EvalError("--skip-base needs --adapter")
@@ -256,7 +257,7 @@ def run(a) -> tuple[dict, Path]:
     card = {"suite": "coalm", "prompt_style": a.prompt_style, "model": a.model, "adapter": a.adapter, "dtype": dtype,
             "max_new_tokens": {p: min(n, a.max_new_tokens or n) for p, n in MAX_NEW_TOKENS.items()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": {}, "seconds": {}}
-    modes = [False, True] if a.constrained == "on" else [False]
+    modes = {"off": [False], "on": [False, True], "only": [True]}[a.constrained]
     for (label, adapter), constrained in [(r, c) for r in runs for c in modes]:
         tag = (a.model if adapter is None else f"{a.model}+{adapter_tag(adapter)}") + f"@{dtype}"
         if constrained:  # constrained outputs have their own cache and column

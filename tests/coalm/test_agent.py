@@ -110,7 +110,7 @@ def test_stats_counts_rows_and_tokens_per_format(tmp_path, capsys):
 
 
 def test_pipeline_steps(tmp_path):
-    a = argparse.Namespace(model="smollm2-135m", steps=7, seed=0, data_root=None)
+    a = argparse.Namespace(model="smollm2-135m", steps=7, seed=0, data_root=None, constrained="on")
     cmd = pipeline.train_command(a, tmp_path / "d.jsonl", tmp_path / "train", ["--lr", "1e-3"])
     assert cmd[1:3] == ["-m", "engine.train"] and "--resume" not in cmd
     assert cmd[cmd.index("--steps") + 1] == "7" and cmd[-2:] == ["--lr", "1e-3"]
@@ -119,6 +119,10 @@ def test_pipeline_steps(tmp_path):
     s = pipeline.suite_command(a, "coalm", tmp_path / "adapter", tmp_path / "card")
     assert s[1:5] == ["-m", "coalm.eval", "--suite", "coalm"] and s[s.index("--prompt-style") + 1] == "coalm"
     assert s[s.index("--bfcl-limit") + 1] == "50" and s[s.index("--multiwoz-dialogues") + 1] == "40"
+    assert s[s.index("--constrained") + 1] == "on"  # the CoALM-IT card has the constrained column beside the free one
+    assert "--constrained" not in pipeline.suite_command(a, "official", tmp_path / "adapter", tmp_path / "card")
+    a.constrained = "off"
+    assert "--constrained" not in pipeline.suite_command(a, "coalm", tmp_path / "adapter", tmp_path / "card")
 
 
 def test_adapter_reuse_is_keyed_on_the_recipe_and_training_config(tmp_path, capsys):
