@@ -5,8 +5,9 @@ Written from the format's specification (ggml's docs/gguf.md: little-endian head
 infos, aligned data) rather than with gguf-py's `GGUFReader`, because that reader builds a numpy memmap view for every
 element of every metadata array: SmolLM2's 49,152-token vocabulary and 48,900 merges make ~1.2M views and 6.4 s per
 load on this 2-core machine, where `struct` reads the same values in a fraction of a second (`engine.load` of SmolLM2
-went from 16.9 s to 4.6 s, measured beside other jobs). The gguf package still names the tensor types and their block sizes, lays out the tensor views
-as its reader does (so `gguf.quants.dequantize` takes them) and dequantizes the types without a torch path here.
+went from 16.9 s to 4.6 s, measured beside other jobs). The gguf package still names the tensor types and their
+block sizes, lays out the tensor views as its reader does (so `gguf.quants.dequantize` takes them) and dequantizes
+the types without a torch path here.
 
 Q8_0, Q4_0 and Q4_1 (ggml's block layouts: 32 weights per block, an fp16 scale `d`, for Q4_1 an fp16 minimum `m`,
 then the quants; a Q4 block keeps weights 0-15 in the low nibbles and 16-31 in the high ones) dequantize with torch
