@@ -49,6 +49,8 @@ class GGUFFile:
         import gguf
 
         self.path = Path(path)
+        if self.path.stat().st_size < 24:  # magic, version and the two counts
+            raise GGUFFormatError(f"{self.path}: {self.path.stat().st_size} bytes is too short for a GGUF header")
         self._mm = np.memmap(self.path, mode="r")
         buf = memoryview(self._mm)
         self._buf, self._pos = buf, 0

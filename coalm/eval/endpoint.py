@@ -146,7 +146,7 @@ class EndpointBackend:
         except (KeyError, IndexError, TypeError, AttributeError):
             return ItemError(f"{where} answered without choices: {clip(str(out), 200)}")
         if content is None:  # a message with no text (e.g. tool calls only): the model said nothing
-            return prefix
+            return ""
         if not isinstance(content, str):
             return ItemError(f"{where} answered a {type(content).__name__} as the message content, not text")
         if len(content) > self.max_chars:

@@ -148,13 +148,8 @@ def _repeat(first: str, sep: str, n: int | None) -> str:
     return first + out
 
 
-def tool_grammar(tools: list[dict], fmt: str = "llama3", tool_choice="auto", max_calls: int | None = None) -> str | None:
-    """Lark text (llguidance dialect) for calls of `tools` in `fmt` under `tool_choice`; None for "none".
-    `max_calls`: at most that many calls (1 for OpenAI's `parallel_tool_calls: false`); None: no limit."""
-    if fmt not in FORMATS:
-        raise GrammarError(f"unknown tool format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    if tool_choice == "none":
-        return None
+def _tool_specs(tools: list[dict], tool_choice) -> tuple[list[tuple[str, dict]], str | None]:
+    """([(name, parameters schema)] of `tools`, checked: unique names, size; the name `tool_choice` picks, or None)."""
     if not tools:
         raise GrammarError("tool_choice needs at least one tool")
     specs = [_tool(t) for t in tools]
@@ -162,11 +157,22 @@ def tool_grammar(tools: list[dict], fmt: str = "llama3", tool_choice="auto", max
     if len(set(names)) != len(names):
         raise GrammarError(f"tool names must be unique, got {names}")
     _check_size([p for _, p in specs])
-    if max_calls is not None and max_calls < 1:
-        raise GrammarError(f"max_calls must be >= 1, got {max_calls}")
     named = _choice_name(tool_choice)
     if named is not None and named not in names:
         raise GrammarError(f"tool_choice names {named!r}, which is not one of the tools: {', '.join(names)}")
+    return specs, named
+
+
+def tool_grammar(tools: list[dict], fmt: str = "llama3", tool_choice="auto", max_calls: int | None = None) -> str | None:
+    """Lark text (llguidance dialect) for calls of `tools` in `fmt` under `tool_choice`; None for "none".
+    `max_calls`: at most that many calls (1 for OpenAI's `parallel_tool_calls: false`); None: no limit."""
+    if fmt not in FORMATS:
+        raise GrammarError(f"unknown tool format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if tool_choice == "none":
+        return None
+    if max_calls is not None and max_calls < 1:
+        raise GrammarError(f"max_calls must be >= 1, got {max_calls}")
+    specs, named = _tool_specs(tools, tool_choice)
     key = "parameters" if fmt == "llama3" else "arguments"
     rules = []
     for i, (name, params) in enumerate(specs):
@@ -198,14 +204,9 @@ def la_calls_schema(tools: list[dict], tool_choice="auto") -> dict:
     `response_format` (for servers that constrain by schema only, e.g. `coalm.eval --base-url --constrained on`)."""
     if tool_choice == "none":
         raise GrammarError("tool_choice 'none' has no call list to constrain")
-    if not tools:
-        raise GrammarError("tool_choice needs at least one tool")
-    specs = [_tool(t) for t in tools]
+    specs, named = _tool_specs(tools, tool_choice)
     if any('"$ref"' in json.dumps(p) for _, p in specs):  # root-relative refs would dangle inside the list schema
         raise GrammarError("a tool schema with $ref cannot be nested in a call-list schema")
-    named = _choice_name(tool_choice)
-    if named is not None and named not in [n for n, _ in specs]:
-        raise GrammarError(f"tool_choice names {named!r}, which is not one of the tools")
     calls = [{"type": "object", "properties": {"name": {"const": name}, "arguments": close_objects(params)},
               "required": ["name", "arguments"], "additionalProperties": False}
              for name, params in specs if named is None or name == named]
